@@ -1,0 +1,1 @@
+"""The ``petdp`` command line: thin argument parsing over the library."""

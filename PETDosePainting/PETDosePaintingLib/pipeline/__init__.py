@@ -1,0 +1,1 @@
+"""End-to-end workflows built from the library: the demo (and later batch and reports)."""
