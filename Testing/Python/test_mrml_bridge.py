@@ -49,7 +49,7 @@ def test_volume_geometry_survives_ras_lps_conversion(core_scene):
     assert np.allclose(back.GetOrigin(), image.GetOrigin(), atol=1e-9)
     assert np.allclose(back.GetDirection(), image.GetDirection(), atol=1e-12)
     assert np.allclose(back.GetSpacing(), image.GetSpacing(), atol=1e-12)
-    assert np.array_equal(sitk.GetArrayViewFromImage(back), sitk.GetArrayViewFromImage(image))
+    assert np.array_equal(sitk.GetArrayFromImage(back), sitk.GetArrayFromImage(image))
     assert get_units(back) == "SUVbw"
 
 
@@ -76,15 +76,15 @@ def test_sphere_mask_round_trips_exactly_through_a_segment(core_scene):
     colours_before = len(nodes_by_class(core_scene, "vtkMRMLColorNode"))
     back = mask_from_segment(seg, "GTV_PET", pet)
     assert len(nodes_by_class(core_scene, "vtkMRMLColorNode")) == colours_before  # no colour-table leak
-    assert np.array_equal(sitk.GetArrayViewFromImage(back) > 0, sphere)
+    assert np.array_equal(sitk.GetArrayFromImage(back) > 0, sphere)
     assert back.GetSize() == grid.GetSize() and np.allclose(back.GetOrigin(), grid.GetOrigin())
     volume = np.count_nonzero(sphere) * 2 * 2 * 2.5 / 1000
     assert volume == pytest.approx(sphere_volume_ml(14.0), rel=0.03)
     # Rewriting a segment by name keeps its ID and leaves the other segment intact.
     assert set_segment_from_mask(seg, image_from_array(np.zeros_like(sphere), grid), "GTV_PET") == sid
     assert segment_names(seg) == ["GTV_CT", "GTV_PET"]
-    assert not np.any(sitk.GetArrayViewFromImage(mask_from_segment(seg, "GTV_PET", grid)))
-    assert np.array_equal(sitk.GetArrayViewFromImage(mask_from_segment(seg, "GTV_CT", grid)) > 0,
+    assert not np.any(sitk.GetArrayFromImage(mask_from_segment(seg, "GTV_PET", grid)))
+    assert np.array_equal(sitk.GetArrayFromImage(mask_from_segment(seg, "GTV_CT", grid)) > 0,
                           np.roll(sphere, 5, axis=2))
 
 
@@ -172,7 +172,7 @@ def test_mrb_save_and_load_keep_nodes_and_voxels(core_scene, tmp_path):
     path = save_scene_mrb(core_scene, tmp_path / "scene.mrb")
     loaded = load_scene_mrb(path)
     pet = image_from_volume_node(node_by_name(loaded, "PET", "vtkMRMLScalarVolumeNode"))
-    assert np.array_equal(sitk.GetArrayViewFromImage(pet), sitk.GetArrayViewFromImage(image))
+    assert np.array_equal(sitk.GetArrayFromImage(pet), sitk.GetArrayFromImage(image))
     assert np.allclose(pet.GetDirection(), image.GetDirection(), atol=1e-6)
     assert np.allclose(pet.GetOrigin(), image.GetOrigin(), atol=1e-4)
     presc = node_by_name(loaded, "Prescription")
@@ -180,5 +180,5 @@ def test_mrb_save_and_load_keep_nodes_and_voxels(core_scene, tmp_path):
     assert get_units(image_from_volume_node(presc)) == "Gy"
     seg_back = node_by_name(loaded, "GTV", "vtkMRMLSegmentationNode")
     assert segment_names(seg_back) == ["GTV_PET"]
-    assert np.array_equal(sitk.GetArrayViewFromImage(mask_from_segment(seg_back, "GTV_PET", image)) > 0, sphere)
+    assert np.array_equal(sitk.GetArrayFromImage(mask_from_segment(seg_back, "GTV_PET", image)) > 0, sphere)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.mrb"]  # nothing temporary left

@@ -20,9 +20,9 @@ from .common import (
     DEFAULT_ROI_RADIUS_MM,
     SegmentationResult,
     check_pet,
+    lesion_region,
     mask_image,
     threshold_component,
-    working_region,
 )
 
 
@@ -34,20 +34,23 @@ def threshold_fraction_of_max(
     *,
     fraction: float = 0.41,
     roi_radius_mm: float = DEFAULT_ROI_RADIUS_MM,
+    saddle_fraction: float = 0.5,
 ) -> SegmentationResult:
-    """``CC_seed(I >= fraction * SUVmax)`` with SUVmax the maximum of the working region.
+    """``CC_seed(I >= fraction * SUVmax)`` with SUVmax the maximum of the lesion's uptake hill.
 
     Parameters
     ----------
     fraction : fraction of SUVmax, default 0.41 (EANM). 0.40, 0.42 and 0.50 are also common.
     roi_radius_mm : radius of the working sphere around the seed when no ROI is given (default 40 mm).
+    saddle_fraction : a neighbouring hot structure joins the lesion only if the saddle between them is
+        above this fraction of the lower peak's contrast (default 0.5); see ``common.lesion_region``.
 
     ``background`` is accepted for the common signature and ignored. Works on any intensity units.
     """
     if not 0.0 < fraction < 1.0:
         raise InputError(f"fraction must be between 0 and 1, got {fraction}")
     values = check_pet(suv)
-    region = working_region(suv, seed_lps, roi, roi_radius_mm)
+    region = lesion_region(suv, seed_lps, roi, roi_radius_mm=roi_radius_mm, saddle_fraction=saddle_fraction)
     sub = region.crop(values)
     suv_max = float(sub[region.inside].max())
     threshold = fraction * suv_max
@@ -55,7 +58,8 @@ def threshold_fraction_of_max(
     return SegmentationResult(
         method="threshold",
         mask=mask_image(region.paste(component, values.shape), suv),
-        parameters={"fraction": fraction, "roi_radius_mm": roi_radius_mm if roi is None else None},
+        parameters={"fraction": fraction, "roi_radius_mm": roi_radius_mm if roi is None else None,
+                    "saddle_fraction": saddle_fraction},
         threshold=threshold,
         reference_value=suv_max,
     )
@@ -69,19 +73,25 @@ def threshold_absolute(
     *,
     absolute: float = 2.5,
     roi_radius_mm: float = DEFAULT_ROI_RADIUS_MM,
+    saddle_fraction: float = 0.5,
 ) -> SegmentationResult:
-    """``CC_seed(SUV >= absolute)``; default 2.5 (classic FDG cut-off). Needs an SUV image."""
+    """``CC_seed(SUV >= absolute)``; default 2.5 (classic FDG cut-off). Needs an SUV image.
+
+    The search is limited to the seed's uptake hill (``common.lesion_region``), so a hot neighbour
+    beyond a deep saddle is not included even when it exceeds the threshold.
+    """
     require_units(suv, SUV_UNITS, "PET image")
     if absolute <= 0:
         raise InputError(f"absolute threshold must be positive, got {absolute}")
     values = check_pet(suv)
-    region = working_region(suv, seed_lps, roi, roi_radius_mm)
+    region = lesion_region(suv, seed_lps, roi, roi_radius_mm=roi_radius_mm, saddle_fraction=saddle_fraction)
     sub = region.crop(values)
     component = threshold_component(sub, region, absolute)
     return SegmentationResult(
         method="threshold",
         mask=mask_image(region.paste(component, values.shape), suv),
-        parameters={"absolute": absolute, "roi_radius_mm": roi_radius_mm if roi is None else None},
+        parameters={"absolute": absolute, "roi_radius_mm": roi_radius_mm if roi is None else None,
+                    "saddle_fraction": saddle_fraction},
         threshold=absolute,
         reference_value=float(sub[region.inside].max()),
     )

@@ -1,0 +1,1 @@
+"""Dose painting: hypoxia maps, prescriptions, radiobiology, plan evaluation, DICOM-RT export."""
