@@ -20,7 +20,7 @@ from .. import __version__
 from ..errors import PETDPError
 
 #: Sub-command modules, in the order ``petdp --help`` lists them.
-COMMAND_MODULES = ("demo",)
+COMMAND_MODULES = ("demo", "suv", "segment")
 
 
 def build_parser() -> argparse.ArgumentParser:
