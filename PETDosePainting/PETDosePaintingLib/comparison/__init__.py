@@ -1,0 +1,1 @@
+"""Comparing masks and images: agreement metrics (volume, overlap, surface distances), set operations."""
