@@ -30,7 +30,8 @@ def register(subparsers) -> None:
                                      "grid with linear interpolation (PET/CT share a frame of reference)")
     parser.add_argument("--methods", nargs="+", help="for 'consensus': the methods to combine")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                        help="any other method parameter (repeatable), e.g. --param roi_radius_mm=50")
+                        help="any other method parameter (repeatable; VALUE as JSON when it parses), "
+                             "e.g. --param roi_radius_mm=50 --param 'classes_range=[2,4]'")
     parser.add_argument("--units", choices=["SUVbw", "SUVlbm", "SUVlbmJanma", "SUVbsa"],
                         help="declare the SUV kind of a PET file that records no units (files written by petdp "
                              "record them); methods with absolute SUV thresholds refuse unit-less images")
@@ -39,21 +40,20 @@ def register(subparsers) -> None:
 
 
 def _parse_params(items: list[str]) -> dict:
+    """``NAME=VALUE`` pairs; VALUE is read as JSON when it parses (numbers, true/false, lists, objects)."""
+    import json
+
     from ..errors import InputError
 
     params = {}
     for item in items:
         if "=" not in item:
             raise InputError(f"--param expects NAME=VALUE, got {item!r}")
-        name, value = item.split("=", 1)
-        for cast in (int, float):
-            try:
-                params[name.strip()] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
-            params[name.strip()] = {"true": True, "false": False}.get(value.lower(), value)
+        name, value = (part.strip() for part in item.split("=", 1))
+        try:
+            params[name] = json.loads(value)
+        except json.JSONDecodeError:
+            params[name] = {"True": True, "False": False}.get(value, value)
     return params
 
 

@@ -150,6 +150,7 @@ class LesionRegion(Region):
     """A :class:`Region` restricted to the seed's own uptake hill (see :func:`lesion_region`)."""
 
     peak: tuple[int, int, int] = (0, 0, 0)  #: index (k, j, i) in the crop of the hill's maximum (smoothed image)
+    seed_peak: tuple[int, int, int] = (0, 0, 0)  #: the local maximum reached by steepest ascent from the seed
     background: float = 0.0  #: median of the working sphere outside the hill's upper half, input units
     peak_value: float = 0.0  #: smoothed value at the peak, input units
 
@@ -177,7 +178,7 @@ def lesion_region(
     *,
     roi_radius_mm: float = DEFAULT_ROI_RADIUS_MM,
     saddle_fraction: float = 0.5,
-    smoothing_voxels: float = 1.0,
+    smoothing_mm: float = 2.0,
 ) -> LesionRegion:
     """The region a one-click method works in: the seed's own uptake hill, cut from its neighbours.
 
@@ -185,7 +186,8 @@ def lesion_region(
 
     1. the working region of :func:`working_region` (the ROI if given, else a sphere of
        ``roi_radius_mm`` around the seed);
-    2. the PET is smoothed (Gaussian, ``smoothing_voxels`` voxels) only to find structure, not to measure;
+    2. the PET is smoothed (Gaussian, standard deviation ``smoothing_mm``, default 2 mm, whatever the voxel
+       size) only to find structure and suppress noise maxima, never to measure;
     3. the working region is split into hills: a watershed of the negated smoothed image from its
        local maxima (one catchment basin per maximum);
     4. hills are merged in decreasing order of the saddle between them (the component tree of the
@@ -207,7 +209,8 @@ def lesion_region(
         raise InputError(f"saddle_fraction must be between 0 and 1, got {saddle_fraction}")
     base = working_region(image, seed_lps, roi, roi_radius_mm)
     values = base.crop(sitk.GetArrayViewFromImage(image)).astype(np.float64)
-    smooth = ndimage.gaussian_filter(values, smoothing_voxels) if smoothing_voxels > 0 else values
+    sigma = smoothing_mm / np.asarray(image.GetSpacing())[::-1]
+    smooth = ndimage.gaussian_filter(values, sigma) if smoothing_mm > 0 else values
     peak = climb_to_peak(smooth, base.seed, base.inside)
     peak_value = float(smooth[peak])
     background = float(np.median(smooth[base.inside]))
@@ -222,7 +225,7 @@ def lesion_region(
     hill = _merged_hill(smooth, base.inside, peak, background, saddle_fraction)
     top = np.unravel_index(int(np.argmax(np.where(hill, smooth, -np.inf))), hill.shape)
     return LesionRegion(base.slices, hill, base.seed, peak=tuple(int(t) for t in top),  # type: ignore[arg-type]
-                        background=background, peak_value=float(smooth[top]))
+                        seed_peak=peak, background=background, peak_value=float(smooth[top]))
 
 
 def _merged_hill(smooth: np.ndarray, inside: np.ndarray, peak: tuple[int, int, int], background: float,
@@ -298,12 +301,13 @@ def threshold_component(values: np.ndarray, region: Region, threshold: float) ->
     """``CC_seed(values >= threshold)`` inside the region, as a boolean array of the crop's shape.
 
     For a :class:`LesionRegion`, a seed just outside the thresholded lesion (a click on its edge) grows
-    from the lesion's peak instead. Raises :class:`InputError` if neither is above the threshold.
+    from the local peak the seed climbs to instead (never from another structure's peak).
+    Raises :class:`InputError` if neither is above the threshold.
     """
     above = (values >= threshold) & region.inside
     start = region.seed
-    if not above[start] and isinstance(region, LesionRegion) and above[region.peak]:
-        start = region.peak  # a click on the lesion's edge: grow from the lesion's peak instead
+    if not above[start] and isinstance(region, LesionRegion) and above[region.seed_peak]:
+        start = region.seed_peak  # a click on the lesion's edge: grow from the peak the seed climbs to
     if not above[start]:
         raise InputError(
             f"the seed voxel (value {values[region.seed]:.3g}) is below the threshold {threshold:.3g}: "
