@@ -39,6 +39,7 @@ class Units:
     FRACTION = "fraction"  #: tissue fraction in [0, 1]
     MM = "mm"  #: lengths, e.g. displacement vectors
     MMHG = "mmHg"  #: oxygen partial pressure
+    MU = "1/cm"  #: linear attenuation coefficient (511 keV for PET attenuation maps)
     ARBITRARY = "a.u."  #: MR signal and other uncalibrated intensities
 
 
