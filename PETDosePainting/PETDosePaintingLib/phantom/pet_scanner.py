@@ -75,25 +75,27 @@ _MU_UNIT_ALIASES = frozenset({MU_UNITS, "cm-1", "cm^-1", "/cm"})
 #: Expected true coincidences per kBq of activity in a slab (before attenuation), i.e. the product
 #: sensitivity x frame duration of a 2D slice model. Calibrated (not measured on a scanner) on the
 #: NEMA/IEC body phantom of :mod:`.nema` (4:1, background 1 SUV = 2.5 kBq/mL, lung insert, 2 mm voxels,
-#: default :class:`ScannerConfig`): the background voxel COV is 12 % at "typical" (clinical 10-15 %),
-#: 23 % at "low" (clinical 20-30 %) and 6 % at "high" (``Testing/benchmarks/bench_pet_physics.py``).
-#: "typical" gives about 5e5 trues per 2 mm slice of the IEC phantom (the research note's 2D
-#: "typical" 5e5 per slice). As a physical sensitivity x time it is high (a 3D scanner of about
-#: 10 cps/kBq over 180 s gives about 2e3 trues per kBq before time-of-flight gain): read the presets as
-#: noise levels, not as a model of a given scanner. Smaller bodies (the neck) are less attenuated and
-#: so less noisy at the same level (background COV about 10 % in a 180 mm cylinder at 2 mm).
-COUNT_LEVELS: dict[str, float] = {"low": 3750.0, "typical": 15000.0, "high": 60000.0}
+#: default :class:`ScannerConfig` with its 3D Gaussian post-filter): the background voxel COV is 12 % at
+#: "typical" (clinical 10-15 %), 22 % at "low" (clinical 20-30 %) and 6 % at "high"
+#: (``Testing/benchmarks/bench_pet_physics.py``). As a physical sensitivity x time the levels are high
+#: (a 3D scanner of about 10 cps/kBq over 180 s gives about 2e3 trues per kBq before time-of-flight
+#: gain): read the presets as noise levels, not as a model of a given scanner. Smaller bodies (the neck)
+#: are less attenuated and so less noisy at the same level.
+COUNT_LEVELS: dict[str, float] = {"low": 1750.0, "typical": 7000.0, "high": 28000.0}
 
 #: kBq/mL at scan time per SUVbw unit used to turn SUV-like activity into counts: about 3.5 MBq/kg
 #: FDG injected (EANM 2015 guideline range) decayed over a 60 min uptake gives 2.4 kBq/mL per SUV.
 #: An order of magnitude only [M].
 DEFAULT_KBQ_PER_ML_PER_SUV = 2.5
 
-#: Axial 3-point post-filters (PETSTEP / GE naming).
+#: Axial post-filters: 3-point kernels (PETSTEP / GE naming), or "gaussian": the in-plane Gaussian
+#: post-filter applied along z too (a 3D Gaussian, as fully-3D reconstructions filter), which gives a
+#: nearly isotropic image resolution.
 AXIAL_FILTERS: dict[str, tuple[float, float, float] | None] = {
     "standard": (1 / 6, 4 / 6, 1 / 6),
     "heavy": (1 / 4, 2 / 4, 1 / 4),
     "light": (1 / 10, 8 / 10, 1 / 10),
+    "gaussian": None,
     "none": None,
 }
 
@@ -109,7 +111,10 @@ class ScannerConfig:
       transaxial resolution of current LSO/LYSO systems is about 4-4.5 mm near the centre [M]).
     * ``n_angles`` 168, ``bin_width_mm`` 2.0, OSEM 3 iterations x 21 subsets: Siemens Biograph mCT
       sinogram and clinical setting (as in autoPET [V, research note §10.2 C]).
-    * ``psf_modelling`` off, ``post_filter_fwhm_mm`` 6.0, axial filter "standard": calibration choices
+    * ``axial_filter`` "gaussian": the post-filter is a 3D Gaussian, as in fully-3D clinical
+      reconstructions; the 2D per-slice model with a 3-point axial filter ("standard") had an axial
+      FWHM of about 5 mm against 8 mm in-plane, an anisotropy clinical images do not have.
+    * ``psf_modelling`` off, ``post_filter_fwhm_mm`` 6.0: calibration choices
       (a 6 mm Gaussian is at the upper end of the clinical 2-6 mm range; with it the 10:1 IEC
       recoveries sit at the upper edge of the EARL 1 bands, inside or within 0.01 of them: RCmax 0.57
       (10 mm) to 1.10 (37 mm), RCmean 0.43 to 0.88; ``psf_modelling`` on with a 5 mm filter puts RCmax
@@ -128,7 +133,7 @@ class ScannerConfig:
     subsets: int = 21
     psf_modelling: bool = False
     post_filter_fwhm_mm: float = 6.0
-    axial_filter: str = "standard"
+    axial_filter: str = "gaussian"
     scatter_fraction: float = 0.35
     randoms_fraction: float = 0.2
     count_level: str | float = "typical"
@@ -559,7 +564,8 @@ def simulate_pet(activity: sitk.Image, mu: sitk.Image, pet_grid: sitk.Image, con
     image = sitk.GetImageFromArray(volume.astype(np.float32))
     image.CopyInformation(pet_grid)
     if cfg.post_filter_fwhm_mm > 0:
-        image = gaussian_blur(image, (cfg.post_filter_fwhm_mm, cfg.post_filter_fwhm_mm, 0.0))
+        axial_fwhm = cfg.post_filter_fwhm_mm if cfg.axial_filter == "gaussian" else 0.0
+        image = gaussian_blur(image, (cfg.post_filter_fwhm_mm, cfg.post_filter_fwhm_mm, axial_fwhm))
     taps = AXIAL_FILTERS[cfg.axial_filter]
     if taps is not None and nz > 1:
         filtered = ndi.convolve1d(sitk.GetArrayViewFromImage(image), np.asarray(taps, np.float32), axis=0,
