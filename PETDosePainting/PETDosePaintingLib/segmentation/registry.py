@@ -18,6 +18,7 @@ from .clustering import fcm_s_segmentation, fcm_segmentation, gmm_segmentation
 from .common import SegmentationResult
 from .consensus import consensus_segmentation
 from .cosegmentation import random_walker_cosegmentation
+from .gradient import segment_gradient
 from .iterative import threshold_itm, threshold_van_dalen
 from .thresholds import (
     threshold_a50p,
@@ -52,6 +53,16 @@ def _threshold(suv: sitk.Image, seed_lps, roi=None, background=None, *, fraction
 
 
 METHODS: dict[str, MethodInfo] = {
+    "gradient": MethodInfo(
+        "gradient", segment_gradient,
+        "gradient method (Geets 2007): denoise + deblur with the scanner FWHM, gradient, watershed, "
+        "hierarchical merging, steepest-boundary level; needs only --fwhm",
+        parameters=("fwhm_mm", "roi_radius_mm", "max_roi_radius_mm", "working_voxel_mm", "max_working_voxels",
+                    "denoise_method", "deblur_method", "iterations", "count_scale", "sigma_spatial_mm", "sigma_range",
+                    "gradient_sigma_mm", "watershed_level", "level_score", "safeguard_fraction",
+                    "separation_fraction", "min_contrast_sd", "min_volume_ml", "enclosure_search_mm", "refine_edges",
+                    "fill", "ct", "ct_interpolation", "ct_air_hu", "ct_bone_hu"),
+    ),
     "threshold": MethodInfo(
         "threshold", _threshold,
         "fixed threshold: a fraction of SUVmax (default 41 %, EANM) or an absolute SUV (e.g. 2.5)",
