@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import subprocess
 import sys
@@ -27,7 +28,7 @@ def test_usage_error_exits_2(capsys):
     assert main([]) == 2
 
 
-def test_quick_demo_writes_scene_and_summary(tmp_path, capsys):
+def test_quick_demo_writes_scene_summary_and_accuracy(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
@@ -36,9 +37,39 @@ def test_quick_demo_writes_scene_and_summary(tmp_path, capsys):
         assert (out / rel).is_file()
     pet = sitk.ReadImage(str(out / summary["files"]["pet"]))
     assert pet.GetMetaData("PETDP_Units") == "SUVbw"
+    # The PET imported from the patient's own DICOM is the simulated SUV (to 1e-4 relative).
+    assert summary["dicom_import"]["max_relative_difference_vs_simulated"] < 1e-4
+    # The flagship's GTV against the known truth volume of the simulated tumour.
+    gtv = summary["gtv"]
+    assert gtv["method"] == "gradient"
+    assert abs(gtv["volume_ml"] / gtv["truth_volume_ml"] - 1.0) < 0.05
+    assert gtv["dice_vs_truth_mask"] > 0.85
+    with (out / "accuracy.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    from PETDosePaintingLib.segmentation.registry import method_names
+
+    assert [r["method"] for r in rows] == method_names()  # every method ran (answered or said why not)
+    assert all(r["status"] == "ok" or r["note"] for r in rows)
     assert "demo.mrb" in capsys.readouterr().out
     # A second run into its own previous output is allowed.
     assert main(["demo", "--quick", "--out", str(out)]) == 0
+
+
+def test_demo_scene_holds_images_truth_and_method_masks(tmp_path):
+    from PETDosePaintingLib.mrml.scene import load_scene_mrb, node_by_name, nodes_by_class
+    from PETDosePaintingLib.mrml.segmentations import segment_names
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    scene = load_scene_mrb(out / "demo.mrb")
+    volumes = {n.GetName() for n in nodes_by_class(scene, "vtkMRMLScalarVolumeNode")}
+    for tp in ("baseline", "fx7", "fx17"):
+        assert {f"{tp}_CT", f"{tp}_PET_FDG_SUVbw", f"{tp}_PET_FMISO_SUVbw"} <= volumes
+    assert {"MR_T1w", "MR_T2w"} <= volumes
+    truth = segment_names(node_by_name(scene, "baseline_Truth", "vtkMRMLSegmentationNode"))
+    assert {"GTV_truth", "Hypoxic_truth", "Parotid_L", "SpinalCord"} <= set(truth)
+    methods = segment_names(node_by_name(scene, "baseline_GTV_methods", "vtkMRMLSegmentationNode"))
+    assert "GTV_gradient" in methods and "GTV_truth" in methods and len(methods) >= 10
 
 
 def test_demo_refuses_an_unrelated_non_empty_folder(tmp_path, capsys):

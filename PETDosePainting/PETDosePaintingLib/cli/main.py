@@ -20,7 +20,7 @@ from .. import __version__
 from ..errors import PETDPError
 
 #: Sub-command modules, in the order ``petdp --help`` lists them.
-COMMAND_MODULES = ("demo", "phantom", "suv", "segment", "evaluate")
+COMMAND_MODULES = ("demo", "phantom", "suv", "segment", "evaluate", "calibrate")
 
 
 def build_parser() -> argparse.ArgumentParser:

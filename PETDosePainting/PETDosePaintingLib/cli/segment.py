@@ -35,6 +35,7 @@ def register(subparsers) -> None:
     parser.add_argument("--units", choices=["SUVbw", "SUVlbm", "SUVlbmJanma", "SUVbsa"],
                         help="declare the SUV kind of a PET file that records no units (files written by petdp "
                              "record them); methods with absolute SUV thresholds refuse unit-less images")
+    parser.add_argument("--calibration", help="constants fitted by 'petdp calibrate' (JSON) for this method")
     parser.add_argument("--list-methods", action="store_true", help="list the methods and exit")
     parser.set_defaults(func=run)
 
@@ -101,13 +102,24 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise InputError(f"missing {', '.join(missing)} (see petdp segment --help)")
     info = get_method(args.method)
-    ensure_not_input(args.out, [args.pet, args.roi, args.background, args.ct])
+    inputs = [args.pet, args.roi, args.background, args.ct, args.calibration]
+    ensure_not_input(args.out, inputs)
     if args.json:
-        ensure_not_input(args.json, [args.pet, args.roi, args.background, args.ct])
+        ensure_not_input(args.json, inputs)
     pet = load_pet_suv(args.pet, args.units)
-    params = _parse_params(args.param)
-    params.update({"fwhm_mm": args.fwhm, "fraction": args.fraction, "absolute": args.absolute,
-                   "methods": args.methods})
+    params = {}
+    if args.calibration:
+        from ..segmentation.calibration import load_calibration
+
+        params.update(load_calibration(args.calibration).parameters_for(args.method))
+    params.update(_parse_params(args.param))
+    params.update({"fraction": args.fraction, "absolute": args.absolute, "methods": args.methods})
+    if args.fwhm is not None:
+        # The scanner resolution describes the image, not a method: methods that do not model it ignore it.
+        if "fwhm_mm" in info.parameters:
+            params["fwhm_mm"] = args.fwhm
+        else:
+            print(f"petdp segment: note: method {args.method!r} does not use the scanner FWHM; --fwhm ignored")
     if args.ct:
         params["ct"] = resample_to_reference(read_image(args.ct), pet, interpolation="linear", default_value=-1000)
     elif info.needs_ct:

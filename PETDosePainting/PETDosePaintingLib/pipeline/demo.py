@@ -1,12 +1,19 @@
-"""``petdp demo``: the end-to-end walk on built-in synthetic data, written to one folder.
+"""``petdp demo``: the end-to-end walk on the built-in digital patient, written to one folder.
 
-Writes NRRD images, ``summary.json`` and a Slicer scene ``demo.mrb`` (PET, CT and the GTV
-segmentation), and returns what it wrote.
+1. build the digital head-and-neck patient and write it as DICOM (and NRRD, and its ground truth);
+2. import it back through the clinical path: DICOM PET -> SUVbw (QIBA), DICOM CT -> HU;
+3. segment the baseline GTV from one click with every registered method;
+4. measure each method against the truth (Dice, sensitivity, PPV, volume error, HD95, MSD) and
+   quantify the flagship's GTV (SUVmax, SUVpeak, SUVmean, MTV, TLG);
+5. write ``accuracy.csv``, ``summary.json`` and the Slicer scene ``demo.mrb`` holding every image, the
+   truth segmentations and all method masks.
 """
 
 from __future__ import annotations
 
+import csv
 import datetime as _dt
+import io
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,10 +24,23 @@ import numpy as np
 import SimpleITK as sitk
 
 from .. import __version__
-from ..imaging.io import write_image, write_json
-from ..phantom.sphere_pair import SpherePairConfig, sphere_pet_ct
-from ..segmentation.thresholds import threshold_fraction_of_max
+from ..comparison.metrics import compare_masks
+from ..errors import PETDPError
+from ..imaging.dicom_series import read_dicom_series, read_pet_suv
+from ..imaging.io import write_image, write_json, write_text
+from ..imaging.resample import resample_to_reference
+from ..phantom.patient import DigitalPatient, PatientConfig, build_patient
+from ..phantom.patient_io import write_patient
+from ..segmentation.common import SegmentationResult
+from ..segmentation.quantify import quantify_gtv
+from ..segmentation.registry import get_method, method_names, run_method
 from .outputs import prepare_output_dir
+
+#: The method whose GTV the summary reports as "the" GTV (the project's flagship).
+HEADLINE_METHOD = "gradient"
+#: Columns of ``accuracy.csv`` (stable: other tools read them).
+ACCURACY_COLUMNS = ("method", "status", "volume_ml", "truth_volume_ml", "volume_error_pct", "dice", "jaccard",
+                    "sensitivity", "ppv", "hd95_mm", "msd_mm", "threshold", "seconds", "note")
 
 
 @dataclass
@@ -30,75 +50,167 @@ class DemoResult:
     out_dir: Path
     files: dict[str, Path] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    accuracy: list[dict[str, Any]] = field(default_factory=list)
 
 
 def run_demo(out_dir: str | Path, quick: bool = False, log: Callable[[str], None] = print) -> DemoResult:
     """Run the demo into ``out_dir`` (new, empty, or a previous demo output).
 
-    ``quick`` uses a smaller field of view; the analysis is the same.
+    ``quick`` uses the small digital patient (2 mm anatomy, 4 mm PET); the analysis is the same.
     """
     started = time.perf_counter()
     out = prepare_output_dir(out_dir, "demo")
     result = DemoResult(out_dir=out)
 
-    config = SpherePairConfig(field_of_view_mm=(128.0, 128.0, 64.0)) if quick else SpherePairConfig()
-    log("building the synthetic PET/CT pair (spherical tumour of known volume)")
-    pair = sphere_pet_ct(config)
+    log("building the digital patient (anatomy, lesions, three timepoints, PET/CT/MR physics)")
+    patient = build_patient(PatientConfig(quick=quick), log=lambda m: log(f"  {m}"))
+    log("writing it as DICOM, NRRD and ground truth")
+    patient_files = write_patient(patient, out / "patient", dicom=True)
 
-    log("segmenting the GTV: 41% of SUVmax, seed at the tumour centre")
-    gtv = threshold_fraction_of_max(pair.pet, pair.tumour_centre_lps, fraction=0.41)
+    log("importing the baseline through the clinical path: DICOM PET -> SUVbw, DICOM CT -> HU")
+    baseline = patient.timepoints[0]
+    pet, suv = read_pet_suv(patient_files.dicom["baseline/PT_FDG"], kind="bw")
+    ct = read_dicom_series(patient_files.dicom["baseline/CT"]).image
+    reference = sitk.GetArrayFromImage(baseline.fdg_pet)
+    dicom_error = float(np.max(np.abs(sitk.GetArrayFromImage(pet) - reference)) / np.max(np.abs(reference)))
 
-    files = {
-        "pet": write_image(pair.pet, out / "pet_suv.nrrd"),
-        "ct": write_image(pair.ct, out / "ct.nrrd"),
-        "truth_gtv": write_image(pair.truth_mask, out / "truth_gtv.nrrd"),
-        "gtv_threshold41": write_image(gtv.mask, out / "gtv_threshold41.nrrd"),
-    }
-    log("writing the Slicer scene")
-    files["scene"] = _write_scene(out / "demo.mrb", pair.pet, pair.ct, {"GTV_PET_41pct": gtv.mask,
-                                                                        "GTV_truth": pair.truth_mask})
-    truth = sitk.GetArrayViewFromImage(pair.truth_mask) > 0
-    seg = sitk.GetArrayViewFromImage(gtv.mask) > 0
-    summary = {
-        "petdp_version": __version__,
-        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-        "quick": quick,
-        "data": {
-            "kind": "sphere PET/CT pair",
-            "tumour_radius_mm": config.tumour_radius_mm,
-            "tumour_suv": config.tumour_suv,
-            "background_suv": config.background_suv,
-            "psf_fwhm_mm": config.psf_fwhm_mm,
-            "pet_voxel_mm": config.pet_voxel_mm,
-        },
-        "gtv": {
-            "method": "threshold 41% SUVmax",
-            "volume_ml": gtv.volume_ml,
-            "truth_volume_ml": pair.tumour_volume_ml,
-            "truth_definition": "analytic sphere volume 4/3 pi r^3",
-            "volume_error_pct": 100.0 * (gtv.volume_ml / pair.tumour_volume_ml - 1.0),
-            "dice_vs_truth_mask": float(2 * np.count_nonzero(truth & seg) / (truth.sum() + seg.sum())),
-            "suv_max": gtv.reference_value,
-            "threshold_suv": gtv.threshold,
-        },
-        "files": {k: str(v.relative_to(out)) for k, v in files.items()},
-        "runtime_s": round(time.perf_counter() - started, 2),
-    }
+    truth = baseline.truth.gtv_pet
+    seed = baseline.truth.seed_lps
+    fwhm = patient.config.scanner_config().effective_fwhm_mm
+    log(f"segmenting the baseline GTV from one click at {tuple(round(c, 1) for c in seed)} mm (LPS) "
+        f"with every method (scanner FWHM {fwhm:.1f} mm)")
+    ct_on_pet = resample_to_reference(ct, pet, interpolation="linear", default_value=-1000.0)
+    results: dict[str, SegmentationResult] = {}
+    rows = []
+    for name in method_names():
+        row, seg = _run_and_score(name, pet, seed, truth, baseline.truth.gtv_volume_ml, fwhm, ct_on_pet)
+        rows.append(row)
+        if seg is not None:
+            results[name] = seg
+        log(f"  {name:<13} {row['status']:<8} " + (f"{row['volume_ml']:7.2f} mL  Dice {row['dice']:.3f}"
+                                                     if seg is not None else row["note"][:80]))
+    result.accuracy = rows
+
+    files: dict[str, Path] = {"patient_parameters": patient_files.parameters}
+    files["pet"] = write_image(pet, out / "pet_fdg_suv_from_dicom.nrrd")
+    for name, seg in results.items():
+        files[f"gtv_{name}"] = write_image(seg.mask, out / "gtv" / f"gtv_{name}.nrrd")
+    files["accuracy"] = write_text(_csv(rows), out / "accuracy.csv")
+    headline = results.get(HEADLINE_METHOD) or next(iter(results.values()), None)
+    quantification = None if headline is None else quantify_gtv(pet, headline.mask)
+
+    log("writing the Slicer scene (every image, truth segmentations, all method masks)")
+    files["scene"] = _write_scene(out / "demo.mrb", patient, pet, results, rows)
+    summary = _summary(patient, quick, suv, dicom_error, fwhm, headline, quantification, rows, files, out, started)
     files["summary"] = write_json(summary, out / "summary.json")
     result.files, result.summary = files, summary
     return result
 
 
-def _write_scene(path: Path, pet: sitk.Image, ct: sitk.Image, segments: dict[str, sitk.Image]) -> Path:
-    from ..mrml.scene import create_core_scene, save_scene_mrb
-    from ..mrml.segmentations import new_segmentation_node, set_segment_from_mask
-    from ..mrml.volumes import volume_node_from_image
+def _run_and_score(name: str, pet: sitk.Image, seed, truth: sitk.Image, truth_volume_ml: float, fwhm: float,
+                   ct_on_pet: sitk.Image) -> tuple[dict[str, Any], SegmentationResult | None]:
+    info = get_method(name)
+    params: dict[str, Any] = {}
+    if "fwhm_mm" in info.parameters:
+        params["fwhm_mm"] = fwhm
+    if info.needs_ct:  # co-segmentation; the gradient method stays PET-only (it needs only the FWHM)
+        params["ct"] = ct_on_pet
+    t0 = time.perf_counter()
+    row: dict[str, Any] = dict.fromkeys(ACCURACY_COLUMNS)
+    row.update(method=name, truth_volume_ml=truth_volume_ml)
+    try:
+        seg = run_method(name, pet, seed, **params)
+    except PETDPError as exc:  # a method may legitimately refuse a case; say why
+        row.update(status="refused", seconds=round(time.perf_counter() - t0, 3), note=str(exc))
+        return row, None
+    seconds = time.perf_counter() - t0
+    metrics = compare_masks(seg.mask, truth, mask_name=name, reference_name="truth", allow_empty=True)
+    row.update(status="ok", volume_ml=seg.volume_ml,
+               volume_error_pct=100.0 * (seg.volume_ml / truth_volume_ml - 1.0), dice=metrics.dice,
+               jaccard=metrics.jaccard, sensitivity=metrics.sensitivity, ppv=metrics.ppv, hd95_mm=metrics.hd95_mm,
+               msd_mm=metrics.msd_mm, threshold=seg.threshold, seconds=round(seconds, 3),
+               note="; ".join(seg.details.get("warnings", []) or []))
+    return row, seg
 
-    scene = create_core_scene()
-    pet_node = volume_node_from_image(pet, "PET_SUVbw", scene)
-    volume_node_from_image(ct, "CT", scene)
-    seg_node = new_segmentation_node("GTV", scene, reference=pet_node)
-    colours = [(0.9, 0.2, 0.2), (0.2, 0.8, 0.2), (0.2, 0.4, 0.9), (0.9, 0.7, 0.1)]
-    for (name, mask), colour in zip(segments.items(), colours * 10, strict=False):
-        set_segment_from_mask(seg_node, mask, name, colour)
-    return save_scene_mrb(scene, path)
+
+def _csv(rows: list[dict[str, Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=ACCURACY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: ("" if row.get(k) is None else (f"{row[k]:.6g}" if isinstance(row[k], float) else row[k]))
+                         for k in ACCURACY_COLUMNS})
+    return buffer.getvalue()
+
+
+def _write_scene(path: Path, patient: DigitalPatient, pet_from_dicom: sitk.Image,
+                 results: dict[str, SegmentationResult], rows: list[dict[str, Any]]) -> Path:
+    from ..mrml.bundle import write_scene_bundle
+
+    volumes: dict[str, sitk.Image] = {}
+    segmentations: dict[str, tuple[sitk.Image, dict[str, sitk.Image]]] = {}
+    for tp in patient.timepoints:
+        volumes[f"{tp.name}_CT"] = tp.ct
+        volumes[f"{tp.name}_PET_FDG_SUVbw"] = pet_from_dicom if tp.name == "baseline" else tp.fdg_pet
+        volumes[f"{tp.name}_PET_FMISO_SUVbw"] = tp.fmiso_pet
+        truth = tp.truth
+        segmentations[f"{tp.name}_Truth"] = (tp.ct, {"GTV_truth": truth.gtv_ct, "GTVn_truth": truth.node_ct,
+                                                     "Hypoxic_truth": truth.hypoxic_ct, **truth.oars_ct})
+    if patient.mr is not None:
+        volumes["MR_T1w"] = patient.mr.t1w
+        volumes["MR_T2w"] = patient.mr.t2w
+        volumes["MR_ADC_truth"] = patient.mr.dwi.adc_truth
+    baseline = patient.timepoints[0]
+    masks = {"GTV_truth": baseline.truth.gtv_pet, **{f"GTV_{k}": v.mask for k, v in results.items()}}
+    segmentations["baseline_GTV_methods"] = (pet_from_dicom, masks)
+    table = {c: [("" if r.get(c) is None else r[c]) for r in rows] for c in ("method", "status", "volume_ml", "dice",
+                                                                             "sensitivity", "ppv", "hd95_mm")}
+    return write_scene_bundle(path, volumes, segmentations, {"GTV method accuracy": table})
+
+
+def _summary(patient: DigitalPatient, quick: bool, suv, dicom_error: float, fwhm: float,
+             headline: SegmentationResult | None, quantification, rows: list[dict[str, Any]],
+             files: dict[str, Path], out: Path, started: float) -> dict[str, Any]:
+    baseline = patient.timepoints[0]
+    truth_ml = baseline.truth.gtv_volume_ml
+    gtv = None
+    if headline is not None:
+        row = next(r for r in rows if r["method"] == headline.method)
+        gtv = {
+            "method": headline.method,
+            "volume_ml": headline.volume_ml,
+            "truth_volume_ml": truth_ml,
+            "truth_definition": "exact tissue-fraction volume of the simulated primary GTV (1 mm model; 2 mm quick)",
+            "volume_error_pct": 100.0 * (headline.volume_ml / truth_ml - 1.0),
+            "dice_vs_truth_mask": row["dice"],
+            "hd95_mm": row["hd95_mm"],
+            "quantification": None if quantification is None else quantification.as_dict(),
+        }
+    ok = [r for r in rows if r["status"] == "ok"]
+    return {
+        "petdp_version": __version__,
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
+        "quick": quick,
+        "data": {
+            "kind": "digital head-and-neck patient",
+            "seed": patient.config.seed,
+            "pet_voxel_mm": patient.config.pet_voxel(),
+            "scanner_effective_fwhm_mm": fwhm,
+            "timepoints": [tp.name for tp in patient.timepoints],
+            "baseline_gtv_truth_ml": truth_ml,
+            "click_lps_mm": list(baseline.truth.seed_lps),
+        },
+        "dicom_import": {
+            "suv_factor": suv.factor,
+            "max_relative_difference_vs_simulated": dicom_error,
+        },
+        "gtv": gtv,
+        "methods": {
+            "ran": len(rows),
+            "answered": len(ok),
+            "refused": [r["method"] for r in rows if r["status"] != "ok"],
+            "best_dice": max(ok, key=lambda r: r["dice"])["method"] if ok else None,
+        },
+        "files": {k: str(v.relative_to(out)) for k, v in files.items()},
+        "runtime_s": round(time.perf_counter() - started, 2),
+    }
