@@ -83,7 +83,8 @@ def run_demo(out_dir: str | Path, quick: bool = False, log: Callable[[str], None
     results: dict[str, SegmentationResult] = {}
     rows = []
     for name in method_names():
-        row, seg = _run_and_score(name, pet, seed, truth, baseline.truth.gtv_volume_ml, fwhm, ct_on_pet)
+        row, seg = _run_and_score(name, pet, seed=seed, truth=truth, truth_volume_ml=baseline.truth.gtv_volume_ml,
+                                  fwhm=fwhm, ct_on_pet=ct_on_pet)
         rows.append(row)
         if seg is not None:
             results[name] = seg
@@ -101,13 +102,14 @@ def run_demo(out_dir: str | Path, quick: bool = False, log: Callable[[str], None
 
     log("writing the Slicer scene (every image, truth segmentations, all method masks)")
     files["scene"] = _write_scene(out / "demo.mrb", patient, pet, results, rows)
-    summary = _summary(patient, quick, suv, dicom_error, fwhm, headline, quantification, rows, files, out, started)
+    summary = _summary(patient, quick=quick, suv=suv, dicom_error=dicom_error, fwhm=fwhm, headline=headline,
+                       quantification=quantification, rows=rows, files=files, out=out, started=started)
     files["summary"] = write_json(summary, out / "summary.json")
     result.files, result.summary = files, summary
     return result
 
 
-def _run_and_score(name: str, pet: sitk.Image, seed, truth: sitk.Image, truth_volume_ml: float, fwhm: float,
+def _run_and_score(name: str, pet: sitk.Image, *, seed, truth: sitk.Image, truth_volume_ml: float, fwhm: float,
                    ct_on_pet: sitk.Image) -> tuple[dict[str, Any], SegmentationResult | None]:
     info = get_method(name)
     params: dict[str, Any] = {}
@@ -168,7 +170,7 @@ def _write_scene(path: Path, patient: DigitalPatient, pet_from_dicom: sitk.Image
     return write_scene_bundle(path, volumes, segmentations, {"GTV method accuracy": table})
 
 
-def _summary(patient: DigitalPatient, quick: bool, suv, dicom_error: float, fwhm: float,
+def _summary(patient: DigitalPatient, *, quick: bool, suv, dicom_error: float, fwhm: float,
              headline: SegmentationResult | None, quantification, rows: list[dict[str, Any]],
              files: dict[str, Path], out: Path, started: float) -> dict[str, Any]:
     baseline = patient.timepoints[0]
