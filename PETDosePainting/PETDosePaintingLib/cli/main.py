@@ -20,7 +20,9 @@ from .. import __version__
 from ..errors import PETDPError
 
 #: Sub-command modules, in the order ``petdp --help`` lists them.
-COMMAND_MODULES = ("demo", "phantom", "suv", "segment", "evaluate", "calibrate")
+COMMAND_MODULES = (
+    "demo", "phantom", "suv", "segment", "evaluate", "calibrate", "compare", "adc",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
