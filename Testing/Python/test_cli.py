@@ -17,7 +17,8 @@ def test_help_lists_every_subcommand():
     proc = subprocess.run([sys.executable, "-m", "PETDosePaintingLib.cli.main", "--help"],
                           capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0
-    for name in COMMAND_MODULES:
+    for module in COMMAND_MODULES:
+        name = module.replace("_", "-")  # e.g. evaluate_plan.py registers "evaluate-plan"
         assert f"    {name} " in proc.stdout or f"    {name}\n" in proc.stdout
 
 

@@ -21,7 +21,8 @@ from ..errors import PETDPError
 
 #: Sub-command modules, in the order ``petdp --help`` lists them.
 COMMAND_MODULES = (
-    "demo", "phantom", "suv", "segment", "evaluate", "calibrate", "compare", "adc",
+    "demo", "phantom", "suv", "segment", "evaluate", "calibrate", "compare", "adc", "prescribe", "hypoxia",
+    "evaluate_plan", "dvh", "convert_rtstruct",
 )
 
 

@@ -35,10 +35,12 @@ def image_suffix(path: str | Path) -> str:
 
 
 def read_image(path: str | Path) -> sitk.Image:
-    """Read an image file (NRRD, NIfTI, MHA/MHD) or a DICOM series directory.
+    """Read an image file (NRRD, NIfTI, MHA/MHD), a DICOM series directory, or a DICOM RT Dose file.
 
     A DICOM directory is read with :func:`PETDosePaintingLib.imaging.dicom_series.read_dicom_image`
-    (PET in Bq/mL, CT in HU, MR in arbitrary units). Units recorded in a file's header are kept.
+    (PET in Bq/mL, CT in HU, MR in arbitrary units). A single ``.dcm`` file is read as an RT Dose with
+    :func:`PETDosePaintingLib.imaging.rtdose.read_rtdose` (Gy; other DICOM objects are refused). Units
+    recorded in a file's header are kept.
     """
     path = Path(path)
     if not path.exists():
@@ -47,9 +49,13 @@ def read_image(path: str | Path) -> sitk.Image:
         from .dicom_series import read_dicom_image
 
         return read_dicom_image(path)
+    if path.suffix.lower() == ".dcm":
+        from .rtdose import read_rtdose
+
+        return read_rtdose(path)
     if not image_suffix(path):
-        raise InputError(f"unknown image format; expected one of {', '.join(IMAGE_SUFFIXES)} or a DICOM directory",
-                         path)
+        raise InputError(f"unknown image format; expected one of {', '.join(IMAGE_SUFFIXES)}, a DICOM directory "
+                         "or a DICOM RT Dose file (.dcm)", path)
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as exc:
