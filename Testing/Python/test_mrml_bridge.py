@@ -182,3 +182,16 @@ def test_mrb_save_and_load_keep_nodes_and_voxels(core_scene, tmp_path):
     assert segment_names(seg_back) == ["GTV_PET"]
     assert np.array_equal(sitk.GetArrayFromImage(mask_from_segment(seg_back, "GTV_PET", image)) > 0, sphere)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scene.mrb"]  # nothing temporary left
+
+
+def test_segment_import_and_export_leave_no_nodes_behind(core_scene):
+    grid = make_grid((20, 20, 12), (2.0, 2.0, 3.0))
+    mask = image_from_array(sphere_fraction(grid, grid.TransformContinuousIndexToPhysicalPoint((10, 10, 6)), 8.0)
+                            >= 0.5, grid)
+    seg = new_segmentation_node("S", core_scene, reference=grid)
+    set_segment_from_mask(seg, mask, "GTV")
+    before = core_scene.GetNumberOfNodes()
+    for _ in range(3):  # temporary labelmaps, their display nodes and colour tables are all removed
+        set_segment_from_mask(seg, mask, "GTV")
+        mask_from_segment(seg, "GTV", grid)
+    assert core_scene.GetNumberOfNodes() == before

@@ -6,6 +6,7 @@ Temporary labelmap nodes, and the colour table Slicer creates on every export, a
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -53,13 +54,23 @@ class _temporary_volume:
 
 
 def _remove_volume_and_colors(scene, node) -> None:
+    """Remove a temporary volume node with its display nodes and the colour table Slicer made for it.
+
+    ``RemoveNode`` leaves a volume's display nodes behind, and every labelmap export creates a new
+    ``*_ColorTable`` node: both are removed here so that repeated calls do not grow the scene.
+    """
     if node is None:
         return
-    display = node.GetDisplayNode()
-    color = display.GetColorNode() if display is not None else None
+    displays = [node.GetNthDisplayNode(i) for i in range(node.GetNumberOfDisplayNodes())]
+    colours = [d.GetColorNode() for d in displays if d is not None and d.GetColorNode() is not None]
     scene.RemoveNode(node)
-    if color is not None and color.GetName().endswith("_ColorTable"):
-        scene.RemoveNode(color)
+    for display in displays:
+        if display is not None and scene.IsNodePresent(display):
+            scene.RemoveNode(display)
+    for colour in colours:
+        # "<segmentation>_ColorTable", then "..._ColorTable_1", "_2"...; never a shared default colour table.
+        if re.search(r"_ColorTable(_\d+)?$", colour.GetName() or "") and scene.IsNodePresent(colour):
+            scene.RemoveNode(colour)
 
 
 def segment_names(seg_node) -> list[str]:

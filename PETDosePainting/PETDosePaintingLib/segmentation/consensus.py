@@ -286,7 +286,7 @@ def consensus_segmentation(
     consensus = sitk.GetArrayFromImage(combined) > 0
     if not consensus.any():
         raise ProcessingError(f"the {rule} consensus of {', '.join(names)} is empty")
-    consensus = _seed_component(consensus, votes, suv, seed_lps)
+    consensus = consensus_seed_component(consensus, votes, suv, seed_lps)
     details: dict[str, Any] = {
         "members": {n: {"volume_ml": members[n].volume_ml, "threshold": members[n].threshold}
                     for n in names},
@@ -308,8 +308,13 @@ def consensus_segmentation(
     )
 
 
-def _seed_component(consensus: np.ndarray, votes: np.ndarray, suv: sitk.Image,
-                    seed_lps: Sequence[float] | None) -> np.ndarray:
+def consensus_seed_component(consensus: np.ndarray, votes: np.ndarray, suv: sitk.Image,
+                             seed_lps: Sequence[float] | None) -> np.ndarray:
+    """The part of a consensus mask a one-click user means: holes filled, the component holding the seed.
+
+    Without a seed (or with the seed outside the consensus), the component with the most votes is kept.
+    Used by the ``consensus`` method and by the Slicer panel's method comparison, so both agree.
+    """
     from scipy import ndimage
 
     filled = fill_holes(consensus)
