@@ -100,8 +100,7 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..errors import InputError, OutputError
     from ..imaging.image import mask_volume_ml
-    from ..imaging.io import ensure_not_input, to_json_text, write_text
-    from .evaluate import _read_mask
+    from ..imaging.io import ensure_not_input, read_mask, to_json_text, write_text
 
     # --- options ------------------------------------------------------------------------------------
     if args.reference is None and len(args.masks) < 2:
@@ -149,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
     # --- inputs -------------------------------------------------------------------------------------
     masks = {}
     for name, path in zip(names_all, inputs, strict=True):
-        image = _read_mask(path, nonzero=args.nonzero)
+        image = read_mask(path, nonzero=args.nonzero)
         if not sitk.GetArrayViewFromImage(image).any():
             raise InputError("is empty (no voxel set): its agreement and surface distances are undefined", path)
         masks[name] = image

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
     from ..comparison.metrics import compare_masks
     from ..errors import InputError, OutputError
-    from ..imaging.io import ensure_not_input, write_json, write_text
+    from ..imaging.io import ensure_not_input, read_mask, write_json, write_text
 
     inputs = [args.truth, *args.masks]
     outputs = [p for p in (args.csv, args.json) if p]
@@ -87,8 +87,8 @@ def run(args: argparse.Namespace) -> int:
     if args.csv and args.json and Path(args.csv).resolve() == Path(args.json).resolve():
         raise OutputError("--csv and --json name the same file", args.csv)
 
-    truth = _read_mask(args.truth, nonzero=args.nonzero)
-    masks = [(path, _read_mask(path, nonzero=args.nonzero)) for path in args.masks]
+    truth = read_mask(args.truth, "truth mask", nonzero=args.nonzero)
+    masks = [(path, read_mask(path, nonzero=args.nonzero)) for path in args.masks]
     if not sitk.GetArrayViewFromImage(truth).any():
         raise InputError("the truth mask is empty (no voxel set)", args.truth)
     for path, mask in masks:
@@ -111,33 +111,6 @@ def run(args: argparse.Namespace) -> int:
                    args.json)
         print(f"[evaluate] wrote {args.json}")
     return 0
-
-
-def _read_mask(path: str, *, nonzero: bool):
-    """Read a mask file; with ``nonzero`` binarise it (non-zero -> 1), else refuse values other than 0/1."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    from ..errors import InputError
-    from ..imaging.image import require_finite
-    from ..imaging.io import read_image
-
-    image = read_image(path)
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"is not a 3D scalar mask ({image.GetDimension()}D, "
-                         f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel)", path)
-    if nonzero:
-        require_finite(image, what=str(path))
-        binary = sitk.Cast(image != 0, sitk.sitkUInt8)
-        for key in image.GetMetaDataKeys():
-            binary.SetMetaData(key, image.GetMetaData(key))
-        return binary
-    values = np.unique(sitk.GetArrayViewFromImage(image))
-    if not np.all(np.isin(values, (0, 1))):
-        shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
-        raise InputError(f"is not a binary 0/1 mask (values {shown}); pass --nonzero to take every non-zero "
-                         "voxel as inside", path)
-    return image
 
 
 def _value(result, column: str):

@@ -88,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..errors import InputError
     from ..imaging.image import Units, check_same_geometry, get_units, require_finite, set_units
-    from ..imaging.io import read_image, write_image, write_json, write_text
-    from .prescribe import Transaction, check_outputs, read_mask, require_image_suffix
+    from ..imaging.io import read_image, read_mask, write_image, write_json, write_text
+    from .common import Transaction, check_outputs, require_image_suffix
 
     structures_args = []
     for item in args.structure:
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     units = get_units(prescription)
     if units is not None and units != "Gy":
         raise InputError(f"holds {units!r} values; a prescription in Gy is needed", args.prescription)
-    target = read_mask(args.target, "evaluation mask") if args.target else None
+    target = read_mask(args.target, "evaluation mask", allow_empty=False) if args.target else None
     if target is not None:
         check_same_geometry(prescription, target, f"prescription {args.prescription}", f"target {args.target}")
     native_dose = read_dose(args.dose)
@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
                                                         assume_same_frame=args.assume_same_frame, mask=target)
     structures = {}
     for name, path in structures_args:
-        mask = read_mask(path, f"structure {name}")
+        mask = read_mask(path, f"structure {name}", allow_empty=False)
         check_same_geometry(prescription, mask, f"prescription {args.prescription}", f"structure {name} ({path})")
         structures[name] = mask
     if args.clonogens and args.clonogens_pet:
@@ -199,7 +199,7 @@ def _clonogens_from_pet(path, prescription, target, assume_same_frame: bool):
     from ..dosepainting.radiobiology import clonogen_density_from_suv
     from ..imaging.image import image_from_array, same_geometry
     from ..imaging.resample import resample_to_reference
-    from .prescribe import read_image_with_frame
+    from .common import read_image_with_frame
 
     pet, _ = read_image_with_frame(path, "PET", modality="PT")
     if not same_geometry(pet, prescription):

@@ -60,8 +60,8 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..errors import InputError
     from ..imaging.image import check_same_geometry, get_units, mask_volume_ml
-    from ..imaging.io import write_image, write_json
-    from .prescribe import Transaction, check_outputs, read_image_with_frame, read_mask, require_image_suffix
+    from ..imaging.io import read_mask, write_image, write_json
+    from .common import Transaction, check_outputs, read_image_with_frame, require_image_suffix
 
     if (args.reference is None) == (args.blood_value is None):
         raise InputError("give either --reference (a mask) or --blood-value (a number), not both or neither")
@@ -77,11 +77,11 @@ def run(args: argparse.Namespace) -> int:
                   [args.pet, args.target, args.reference])
 
     pet, _ = read_image_with_frame(args.pet, "PET", modality="PT")
-    target = read_mask(args.target, "target mask")
+    target = read_mask(args.target, "target mask", allow_empty=False)
     check_same_geometry(pet, target, f"PET {args.pet}", f"target mask {args.target}")
     reference = None
     if args.reference:
-        reference = read_mask(args.reference, "reference region")
+        reference = read_mask(args.reference, "reference region", allow_empty=False)
         check_same_geometry(pet, reference, f"PET {args.pet}", f"reference region {args.reference}")
     ratio = uptake_ratio_map(pet, reference, kind, blood_value=args.blood_value, target=target,
                              reference_name=f"the reference region {args.reference}",

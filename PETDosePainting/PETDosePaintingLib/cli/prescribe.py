@@ -104,127 +104,6 @@ def register(subparsers) -> None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# Input helpers shared by the dose-painting commands
-# ------------------------------------------------------------------------------------------------------------
-
-def read_image_with_frame(path: str | Path, what: str, modality: str | None = None):
-    """An image file, or the image series (of ``modality``, if given) of a DICOM folder with its Frame of
-    Reference UID recorded.
-
-    Returns ``(image, series)``; ``series`` is the :class:`~PETDosePaintingLib.imaging.dicom_series.DicomSeries`
-    for a DICOM folder, else ``None``.
-    """
-    from ..dosepainting.prescription import set_frame_of_reference
-    from ..errors import InputError
-    from ..imaging.io import read_image
-
-    path = Path(path)
-    if path.is_dir():
-        from ..imaging.dicom_series import read_dicom_series
-
-        series = read_dicom_series(path, modality=modality)
-        image = series.image
-        set_frame_of_reference(image, series.identity.frame_of_reference_uid)
-        return image, series
-    image = read_image(path)
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"the {what} is not a 3D scalar image", path)
-    return image, None
-
-
-def read_mask(path: str | Path, what: str, *, allow_empty: bool = False):
-    """A binary 0/1 mask file; errors name the file."""
-    import numpy as np
-    import SimpleITK as sitk
-
-    from ..errors import InputError
-    from ..imaging.io import read_image
-
-    image = read_image(path)
-    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
-        raise InputError(f"the {what} is not a 3D scalar mask", path)
-    values = np.unique(sitk.GetArrayViewFromImage(image))
-    if not np.all(np.isin(values, (0, 1))):
-        shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
-        raise InputError(f"the {what} is not a binary 0/1 mask (values {shown})", path)
-    if not allow_empty and values.max(initial=0) == 0:
-        raise InputError(f"the {what} is empty (no voxel set)", path)
-    if image.GetPixelID() != sitk.sitkUInt8:
-        kept = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()}
-        image = sitk.Cast(image, sitk.sitkUInt8)
-        for key, value in kept.items():
-            image.SetMetaData(key, value)
-    return image
-
-
-def check_outputs(outputs: list[str | Path | None], inputs: list[str | Path | None]) -> None:
-    """Outputs must not overwrite inputs nor each other."""
-    from ..errors import OutputError
-    from ..imaging.io import ensure_not_input
-
-    seen: dict[Path, str] = {}
-    for out in outputs:
-        if not out:
-            continue
-        ensure_not_input(out, inputs)
-        resolved = Path(out).resolve()
-        if resolved in seen:
-            raise OutputError("is named by two outputs; choose distinct paths", out)
-        seen[resolved] = str(out)
-
-
-def require_image_suffix(path: str | None, option: str) -> None:
-    from ..errors import OutputError
-    from ..imaging.io import image_suffix
-
-    if path and not image_suffix(path):
-        raise OutputError(f"{option} needs an image file name (.nrrd, .nii.gz, .mha)", path)
-
-
-class Transaction:
-    """Collects writes and runs them in order; if one fails, the files this run created are removed.
-
-    ``also`` names further files an action creates (e.g. the RT Plan written next to an RT Dose). Files that
-    existed before are not removed (they were replaced atomically, or not at all).
-    """
-
-    def __init__(self) -> None:
-        self.actions: list[tuple[tuple[Path, ...], object]] = []
-
-    def add(self, path: str | Path, action, also: tuple[str | Path, ...] = ()) -> None:
-        self.actions.append(((Path(path), *(Path(p) for p in also)), action))
-
-    def commit(self) -> None:
-        created: list[Path] = []
-        try:
-            for paths, action in self.actions:
-                new = [p for p in paths if not p.exists()]
-                action()
-                created.extend(p for p in new if p.exists())
-        except BaseException:
-            for path in reversed(created):
-                if path.is_file():
-                    path.unlink()
-            raise
-
-
-def rt_writer(kind: str, option: str):
-    """The DICOM-RT writer function (``"rtdose"`` or ``"rtstruct"``), or a clear error if not in this build."""
-    import importlib
-
-    from ..errors import InputError
-
-    name = {"rtdose": "write_rtdose", "rtstruct": "write_rtstruct"}[kind]
-    try:
-        module = importlib.import_module(f"PETDosePaintingLib.imaging.{kind}")
-        return getattr(module, name)
-    except (ImportError, AttributeError):
-        raise InputError(f"{option} needs the DICOM-RT writer imaging/{kind}.py ({name}), which this build does "
-                         "not have yet; write the prescription as an image and export it from Slicer (SlicerRT)") \
-            from None
-
-
-# ------------------------------------------------------------------------------------------------------------
 
 
 def run(args: argparse.Namespace) -> int:
@@ -245,8 +124,9 @@ def run(args: argparse.Namespace) -> int:
     )
     from ..errors import InputError, OutputError
     from ..imaging.image import same_geometry
-    from ..imaging.io import write_image, write_json
+    from ..imaging.io import read_mask, write_image, write_json
     from ..imaging.resample import resample_mask
+    from .common import Transaction, check_outputs, read_image_with_frame, require_image_suffix
 
     # --- arguments -------------------------------------------------------------------------------------
     low_name, high_name = ("--dose-min (base dose)", "--dose-max (boost dose)") if args.mode == "boost" else \
@@ -278,15 +158,14 @@ def run(args: argparse.Namespace) -> int:
     if args.roi_dir and Path(args.roi_dir).exists() and (not Path(args.roi_dir).is_dir()
                                                           or any(Path(args.roi_dir).iterdir())):
         raise InputError("--roi-dir exists and is not an empty folder; give a new or empty folder", args.roi_dir)
-    writers = {}
-    if args.rtdose or args.inverted_rtdose:
-        writers["rtdose"] = rt_writer("rtdose", "--rtdose" if args.rtdose else "--inverted-rtdose")
-    if args.rtstruct:
-        writers["rtstruct"] = rt_writer("rtstruct", "--rtstruct")
+    from ..imaging.rtdose import write_rtdose
+    from ..imaging.rtstruct import write_rtstruct
+
+    writers = {"rtdose": write_rtdose, "rtstruct": write_rtstruct}
 
     # --- inputs ----------------------------------------------------------------------------------------
     pet, _ = read_image_with_frame(args.pet, "PET", modality="PT")
-    target = read_mask(args.target, "target mask")
+    target = read_mask(args.target, "target mask", allow_empty=False)
     ct_image = ct_series = None
     if args.ct:
         if not Path(args.ct).is_dir():
@@ -302,13 +181,14 @@ def run(args: argparse.Namespace) -> int:
         grid = ct_image
     if ct_image is not None and not same_geometry(pet, ct_image):
         require_shared_frame(pet, ct_image, "PET", "CT", assume_same_frame=args.assume_same_frame)
-    envelope = read_mask(args.envelope, "envelope") if args.envelope else None
-    ring = read_mask(args.ring, "ring mask", allow_empty=True) if args.ring else None
+    envelope = read_mask(args.envelope, "envelope", allow_empty=False) if args.envelope else None
+    ring = read_mask(args.ring, "ring mask") if args.ring else None
 
     # --- computation -----------------------------------------------------------------------------------
     levels = None
     if args.mode == "boost":
-        boost_volume = read_mask(args.boost_volume, "boost volume") if args.boost_volume else None
+        boost_volume = (read_mask(args.boost_volume, "boost volume", allow_empty=False) if args.boost_volume
+                        else None)
         result = boost_prescription(
             pet, target, grid=grid, base_dose=args.dose_min, boost_dose=args.dose_max, boost_volume=boost_volume,
             boost_fraction=args.boost_fraction, boost_margin_mm=0.0 if args.margin_mm is None else args.margin_mm,

@@ -691,7 +691,7 @@ def read_dwi_dicom(
     inconsistent geometry, patient or frame of reference, Philips private scale slopes (2005,100E)
     differing between files (the signals would not be comparable).
     """
-    from ..imaging.dicom_series import _candidate_files, _read_header
+    from ..imaging.dicom_series import candidate_files, read_header
 
     directory = Path(directory)
     if not directory.exists():
@@ -700,8 +700,8 @@ def read_dwi_dicom(
     without_b: list[tuple[Path, str]] = []
     derived: list[Path] = []
     mr_files = 0
-    for path in _candidate_files(directory):
-        ds = _read_header(path)
+    for path in candidate_files(directory):
+        ds = read_header(path)
         if ds is None or str(ds.get("Modality", "")).strip().upper() != "MR":
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
@@ -771,32 +771,33 @@ def _check_philips_scale(members: list[tuple[Path, Dataset]]) -> None:
 
 def _stack_slices(members: list[tuple[Path, Dataset]], tolerance_mm: float, b_value: float) -> sitk.Image:
     """One 3D image (float32, a.u.) from single-frame MR slices of one series and b-value."""
-    from ..imaging.dicom_series import _float_list, _slice_values, _tag
+    from ..imaging.dicom_series import float_values, read_slice_values
+    from ..imaging.suv import tag_label
 
     first_path, first = members[0]
-    orientation = _float_list(first, "ImageOrientationPatient", 6, first_path)
+    orientation = float_values(first, "ImageOrientationPatient", 6, first_path)
     row_dir, col_dir = orientation[:3], orientation[3:]
     if abs(np.linalg.norm(row_dir) - 1) > 1e-3 or abs(np.linalg.norm(col_dir) - 1) > 1e-3 or \
             abs(float(np.dot(row_dir, col_dir))) > 1e-3:
-        raise DicomError(f"{_tag('ImageOrientationPatient')} {orientation.tolist()} is not two orthonormal "
+        raise DicomError(f"{tag_label('ImageOrientationPatient')} {orientation.tolist()} is not two orthonormal "
                          "direction cosines", first_path)
     row_dir = row_dir / np.linalg.norm(row_dir)
     col_dir = col_dir - np.dot(col_dir, row_dir) * row_dir
     col_dir = col_dir / np.linalg.norm(col_dir)
     normal = np.cross(row_dir, col_dir)
-    spacing = _float_list(first, "PixelSpacing", 2, first_path)
+    spacing = float_values(first, "PixelSpacing", 2, first_path)
     if np.any(spacing <= 0):
-        raise DicomError(f"{_tag('PixelSpacing')} {spacing.tolist()} must be positive", first_path)
+        raise DicomError(f"{tag_label('PixelSpacing')} {spacing.tolist()} must be positive", first_path)
     rows, columns = int(first.Rows), int(first.Columns)
     positions = []
     for path, ds in members:
-        if not np.allclose(_float_list(ds, "ImageOrientationPatient", 6, path), orientation, atol=1e-4):
-            raise DicomError(f"{_tag('ImageOrientationPatient')} differs from that of {first_path}", path)
-        if not np.allclose(_float_list(ds, "PixelSpacing", 2, path), spacing, atol=1e-4, rtol=0):
-            raise DicomError(f"{_tag('PixelSpacing')} differs from that of {first_path}", path)
+        if not np.allclose(float_values(ds, "ImageOrientationPatient", 6, path), orientation, atol=1e-4):
+            raise DicomError(f"{tag_label('ImageOrientationPatient')} differs from that of {first_path}", path)
+        if not np.allclose(float_values(ds, "PixelSpacing", 2, path), spacing, atol=1e-4, rtol=0):
+            raise DicomError(f"{tag_label('PixelSpacing')} differs from that of {first_path}", path)
         if (int(ds.Rows), int(ds.Columns)) != (rows, columns):
             raise DicomError(f"matrix {ds.Rows} x {ds.Columns} differs from {rows} x {columns} in {first_path}", path)
-        positions.append(_float_list(ds, "ImagePositionPatient", 3, path))
+        positions.append(float_values(ds, "ImagePositionPatient", 3, path))
     positions = np.array(positions)
     along = positions @ normal
     order = np.argsort(along, kind="stable")
@@ -833,7 +834,7 @@ def _stack_slices(members: list[tuple[Path, Dataset]], tolerance_mm: float, b_va
                 continue
     values = np.empty((n, rows, columns), dtype=np.float64)
     for k, (path, _) in enumerate(members):
-        values[k] = _slice_values(path, rows, columns, "MR")[0]
+        values[k] = read_slice_values(path, rows, columns, "MR")[0]
     image = sitk.GetImageFromArray(values.astype(np.float32))
     image.SetOrigin(tuple(float(v) for v in positions[0]))
     image.SetSpacing((float(spacing[1]), float(spacing[0]), float(dz)))

@@ -31,7 +31,7 @@ from pydicom.errors import InvalidDicomError
 from ..errors import DicomError, InputError
 from .dicom_export import DicomIdentity
 from .image import Units, set_units
-from .suv import SuvResult, compute_suv, suv_inputs_from_datasets
+from .suv import SuvResult, compute_suv, suv_inputs_from_datasets, tag_label
 
 #: Modalities read as image series; everything else in a folder is skipped.
 IMAGE_MODALITIES = ("PT", "CT", "MR")
@@ -60,12 +60,8 @@ class DicomSeries:
     notes: tuple[str, ...] = ()  #: anything the reader had to decide (e.g. single-slice thickness)
 
 
-def _tag(keyword: str) -> str:
-    tag = pydicom.datadict.tag_for_keyword(keyword)
-    return keyword if tag is None else f"{keyword} ({tag >> 16:04X},{tag & 0xFFFF:04X})"
-
-
-def _candidate_files(path: Path) -> list[Path]:
+def candidate_files(path: Path) -> list[Path]:
+    """Files that may be DICOM: ``path`` itself if a file, else every file below it (hidden files skipped)."""
     if path.is_file():
         return [path]
     files = [p for p in path.rglob("*") if p.is_file()
@@ -79,7 +75,7 @@ def _has_preamble(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _read_header(path: Path) -> Dataset | None:
+def read_header(path: Path) -> Dataset | None:
     """The header of a DICOM file (no pixel data); ``None`` for a file that is not DICOM at all."""
     try:
         preamble = _has_preamble(path)
@@ -98,16 +94,17 @@ def _read_header(path: Path) -> Dataset | None:
     return ds
 
 
-def _float_list(ds: Dataset, keyword: str, count: int, path: Path) -> np.ndarray:
+def float_values(ds: Dataset, keyword: str, count: int, path: Path) -> np.ndarray:
+    """The ``count`` numbers of a multi-valued attribute; :class:`DicomError` naming tag and file otherwise."""
     value = ds.get(keyword)
     if value is None or value == "":
-        raise DicomError(f"{_tag(keyword)} is missing; the slice geometry cannot be built", path)
+        raise DicomError(f"{tag_label(keyword)} is missing; the slice geometry cannot be built", path)
     try:
         values = np.array([float(v) for v in (value if count > 1 else [value])], dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise DicomError(f"{_tag(keyword)} has the malformed value {value!r}", path) from exc
+        raise DicomError(f"{tag_label(keyword)} has the malformed value {value!r}", path) from exc
     if values.size != count or not np.all(np.isfinite(values)):
-        raise DicomError(f"{_tag(keyword)} must hold {count} finite numbers, got {value!r}", path)
+        raise DicomError(f"{tag_label(keyword)} must hold {count} finite numbers, got {value!r}", path)
     return values
 
 
@@ -125,13 +122,13 @@ def _select_series(directory: Path, series_uid: str | None, modality: str | None
     """The (path, header) pairs of the one requested series, the skipped files, and notes."""
     if not directory.exists():
         raise InputError("no such file or directory", directory)
-    files = _candidate_files(directory)
+    files = candidate_files(directory)
     skipped: list[str] = []
     notes: list[str] = []
     groups: dict[str, list[tuple[Path, Dataset]]] = {}
     others: dict[str, int] = {}
     for path in files:
-        ds = _read_header(path)
+        ds = read_header(path)
         if ds is None:
             skipped.append(f"{path}: not a DICOM file")
             continue
@@ -142,7 +139,7 @@ def _select_series(directory: Path, series_uid: str | None, modality: str | None
             continue
         uid = str(ds.get("SeriesInstanceUID", "") or "").strip()
         if not uid:
-            raise DicomError(f"{_tag('SeriesInstanceUID')} is missing", path)
+            raise DicomError(f"{tag_label('SeriesInstanceUID')} is missing", path)
         groups.setdefault(uid, []).append((path, ds))
     if not groups:
         found = ", ".join(f"{m} x{n}" for m, n in sorted(others.items())) or "none"
@@ -189,19 +186,19 @@ def _check_consistent(members: list[tuple[Path, Dataset]], uid: str) -> None:
         ref = first.get(keyword)
         for path, ds in members[1:]:
             if ds.get(keyword) != ref:
-                raise DicomError(f"mixed series {uid}: {_tag(keyword)} is {ref!r} in {first_path} but "
+                raise DicomError(f"mixed series {uid}: {tag_label(keyword)} is {ref!r} in {first_path} but "
                                  f"{ds.get(keyword)!r} in {path}", first_path)
     seen: dict[str, Path] = {}
     for path, ds in members:
         frames = ds.get("NumberOfFrames")
         if frames not in (None, "") and int(frames) > 1:
-            raise DicomError(f"is a multi-frame object ({_tag('NumberOfFrames')} = {frames}); only single-frame "
+            raise DicomError(f"is a multi-frame object ({tag_label('NumberOfFrames')} = {frames}); only single-frame "
                              "image series are supported", path)
         sop = str(ds.get("SOPInstanceUID", "")).strip()
         if not sop:
-            raise DicomError(f"{_tag('SOPInstanceUID')} is missing", path)
+            raise DicomError(f"{tag_label('SOPInstanceUID')} is missing", path)
         if sop in seen:
-            raise DicomError(f"duplicate instance: {path} and {seen[sop]} have the same {_tag('SOPInstanceUID')}",
+            raise DicomError(f"duplicate instance: {path} and {seen[sop]} have the same {tag_label('SOPInstanceUID')}",
                              path)
         seen[sop] = path
 
@@ -212,21 +209,21 @@ def _rescale(ds: Dataset, path: Path, modality: str) -> tuple[float, float]:
         raw = ds.get(keyword)
         if raw is None or raw == "":
             if modality in ("PT", "CT"):
-                raise DicomError(f"{_tag(keyword)} is missing (required for {modality}); the pixel values cannot be "
-                                 "converted to physical units", path)
+                raise DicomError(f"{tag_label(keyword)} is missing (required for {modality}); the pixel values "
+                                 "cannot be converted to physical units", path)
             values.append(default)
             continue
         try:
             value = float(raw)
         except (TypeError, ValueError) as exc:
-            raise DicomError(f"{_tag(keyword)} has the malformed value {raw!r}", path) from exc
+            raise DicomError(f"{tag_label(keyword)} has the malformed value {raw!r}", path) from exc
         if not np.isfinite(value) or (keyword == "RescaleSlope" and value == 0):
-            raise DicomError(f"{_tag(keyword)} = {raw!r} is not usable", path)
+            raise DicomError(f"{tag_label(keyword)} = {raw!r} is not usable", path)
         values.append(value)
     return values[0], values[1]
 
 
-def _slice_values(path: Path, rows: int, columns: int, modality: str) -> tuple[np.ndarray, float, float]:
+def read_slice_values(path: Path, rows: int, columns: int, modality: str) -> tuple[np.ndarray, float, float]:
     """Rescaled values (float64, [j, i]) of one file, with the slope and intercept applied."""
     try:
         ds = pydicom.dcmread(path)
@@ -236,8 +233,8 @@ def _slice_values(path: Path, rows: int, columns: int, modality: str) -> tuple[n
     if "PixelData" not in ds:
         raise DicomError("has no Pixel Data (7FE0,0010)", path)
     if int(ds.get("SamplesPerPixel", 1)) != 1:
-        raise DicomError(f"{_tag('SamplesPerPixel')} is {ds.SamplesPerPixel}; only grey-scale images are supported",
-                         path)
+        raise DicomError(f"{tag_label('SamplesPerPixel')} is {ds.SamplesPerPixel}; only grey-scale images are "
+                         "supported", path)
     syntax = ds.file_meta.get("TransferSyntaxUID") if hasattr(ds, "file_meta") else None
     try:
         stored = np.asarray(ds.pixel_array, dtype=np.float64)
@@ -247,8 +244,8 @@ def _slice_values(path: Path, rows: int, columns: int, modality: str) -> tuple[n
         raise DicomError(f"has unreadable or truncated pixel data ({type(exc).__name__}: {str(exc)[:150]})",
                          path) from exc
     if stored.shape != (rows, columns):
-        raise DicomError(f"pixel data of shape {stored.shape} does not match {_tag('Rows')} x {_tag('Columns')} "
-                         f"= {rows} x {columns}", path)
+        raise DicomError(f"pixel data of shape {stored.shape} does not match {tag_label('Rows')} x "
+                         f"{tag_label('Columns')} = {rows} x {columns}", path)
     return stored * slope + intercept, slope, intercept
 
 
@@ -307,27 +304,27 @@ def read_dicom_series(
 
     # --- geometry: orientation, spacing, positions ------------------------------------------------------
     first_path, first = members[0]
-    orientation = _float_list(first, "ImageOrientationPatient", 6, first_path)
+    orientation = float_values(first, "ImageOrientationPatient", 6, first_path)
     row_dir, col_dir = orientation[:3], orientation[3:]
     if abs(np.linalg.norm(row_dir) - 1) > 1e-3 or abs(np.linalg.norm(col_dir) - 1) > 1e-3 or \
             abs(float(np.dot(row_dir, col_dir))) > 1e-3:
-        raise DicomError(f"{_tag('ImageOrientationPatient')} {orientation.tolist()} is not two orthonormal "
+        raise DicomError(f"{tag_label('ImageOrientationPatient')} {orientation.tolist()} is not two orthonormal "
                          "direction cosines", first_path)
     row_dir = row_dir / np.linalg.norm(row_dir)
     col_dir = col_dir - np.dot(col_dir, row_dir) * row_dir
     col_dir = col_dir / np.linalg.norm(col_dir)
     normal = np.cross(row_dir, col_dir)
-    pixel_spacing = _float_list(first, "PixelSpacing", 2, first_path)
+    pixel_spacing = float_values(first, "PixelSpacing", 2, first_path)
     if np.any(pixel_spacing <= 0):
-        raise DicomError(f"{_tag('PixelSpacing')} {pixel_spacing.tolist()} must be positive", first_path)
+        raise DicomError(f"{tag_label('PixelSpacing')} {pixel_spacing.tolist()} must be positive", first_path)
     positions = []
     for path, ds in members:
-        if not np.allclose(_float_list(ds, "ImageOrientationPatient", 6, path), orientation, atol=1e-4):
-            raise DicomError(f"{_tag('ImageOrientationPatient')} differs from that of {first_path}; a series must "
+        if not np.allclose(float_values(ds, "ImageOrientationPatient", 6, path), orientation, atol=1e-4):
+            raise DicomError(f"{tag_label('ImageOrientationPatient')} differs from that of {first_path}; a series must "
                              "have one orientation", path)
-        if not np.allclose(_float_list(ds, "PixelSpacing", 2, path), pixel_spacing, atol=1e-4, rtol=0):
-            raise DicomError(f"{_tag('PixelSpacing')} differs from that of {first_path}", path)
-        positions.append(_float_list(ds, "ImagePositionPatient", 3, path))
+        if not np.allclose(float_values(ds, "PixelSpacing", 2, path), pixel_spacing, atol=1e-4, rtol=0):
+            raise DicomError(f"{tag_label('PixelSpacing')} differs from that of {first_path}", path)
+        positions.append(float_values(ds, "ImagePositionPatient", 3, path))
     positions = np.array(positions)
     along = positions @ normal
     order = np.argsort(along, kind="stable")
@@ -360,7 +357,7 @@ def read_dicom_series(
             try:
                 if value not in (None, "") and float(value) > 0:
                     dz = float(value)
-                    notes.append(f"single slice: slice spacing {dz:g} mm taken from {_tag(keyword)}")
+                    notes.append(f"single slice: slice spacing {dz:g} mm taken from {tag_label(keyword)}")
                     break
             except (TypeError, ValueError):
                 continue
@@ -374,7 +371,7 @@ def read_dicom_series(
     values = np.empty((n, rows, columns), dtype=np.float64)
     slopes, intercepts = [], []
     for k, (path, _ds) in enumerate(members):
-        values[k], slope, intercept = _slice_values(path, rows, columns, mod)
+        values[k], slope, intercept = read_slice_values(path, rows, columns, mod)
         slopes.append(slope)
         intercepts.append(intercept)
 
@@ -383,7 +380,7 @@ def read_dicom_series(
         units = _PET_UNITS.get(raw_units)
         if units is None:
             units = raw_units or "unknown"
-            notes.append(f"PET {_tag('Units')} is {raw_units or 'missing'!r}: values kept as stored x slope + "
+            notes.append(f"PET {tag_label('Units')} is {raw_units or 'missing'!r}: values kept as stored x slope + "
                          "intercept, with no physical unit")
         array = values.astype(np.float32)
     else:
@@ -434,8 +431,8 @@ def suv_from_series(
     pseudo-code; see there for ``kind``, the overrides and ``suv_options``). A non-PET series is refused.
     """
     if series.modality != "PT":
-        raise DicomError(f"is a {series.modality} series ({_tag('Modality')} {series.modality}), not PET; SUV needs "
-                         "a PET series", series.files[0])
+        raise DicomError(f"is a {series.modality} series ({tag_label('Modality')} {series.modality}), not PET; "
+                         "SUV needs a PET series", series.files[0])
     inputs = suv_inputs_from_datasets(series.datasets, str(series.directory), [str(p) for p in series.files])
     result = compute_suv(inputs, kind, weight_kg=weight_kg, dose_bq=dose_bq, height_m=height_m, sex=sex,
                          allow_uncorrected=allow_uncorrected, **suv_options)  # type: ignore[arg-type]

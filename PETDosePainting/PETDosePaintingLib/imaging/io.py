@@ -149,6 +149,37 @@ def read_json(path: str | Path) -> Any:
         raise InputError(f"is not valid JSON ({exc})", path) from exc
 
 
+def read_mask(path: str | Path, what: str = "mask", *, nonzero: bool = False, allow_empty: bool = True) -> sitk.Image:
+    """Read a 3D binary mask file as uint8 0/1 (metadata kept); errors name the file and ``what`` it is.
+
+    Values other than 0 and 1 are refused unless ``nonzero`` (then every non-zero, finite voxel is inside);
+    an empty mask is refused unless ``allow_empty``.
+    """
+    from .image import require_finite
+
+    image = read_image(path)
+    if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
+        raise InputError(f"the {what} is not a 3D scalar mask ({image.GetDimension()}D, "
+                         f"{image.GetNumberOfComponentsPerPixel()} component(s) per voxel)", path)
+    kept = {k: image.GetMetaData(k) for k in image.GetMetaDataKeys()}
+    if nonzero:
+        require_finite(image, what=f"{what} {path}")
+        image = sitk.Cast(image != 0, sitk.sitkUInt8)
+    else:
+        values = np.unique(sitk.GetArrayViewFromImage(image))
+        if not np.all(np.isin(values, (0, 1))):
+            shown = ", ".join(f"{v:g}" for v in values[:6]) + (", ..." if values.size > 6 else "")
+            raise InputError(f"the {what} is not a binary 0/1 mask (values {shown}); take every non-zero voxel "
+                             "as inside explicitly if that is meant (--nonzero)", path)
+        if image.GetPixelID() != sitk.sitkUInt8:
+            image = sitk.Cast(image, sitk.sitkUInt8)
+    for key, value in kept.items():
+        image.SetMetaData(key, value)
+    if not allow_empty and not np.any(sitk.GetArrayViewFromImage(image)):
+        raise InputError(f"the {what} is empty (no voxel set)", path)
+    return image
+
+
 def ensure_not_input(output: str | Path, inputs: Iterable[str | Path | None]) -> None:
     """Refuse an output path that is (or lies inside) one of the inputs."""
     out = Path(output).resolve()

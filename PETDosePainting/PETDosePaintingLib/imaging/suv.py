@@ -39,6 +39,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import pydicom.datadict
+
 from ..errors import DicomError, InputError, ProcessingError
 from .image import Units
 
@@ -89,8 +91,15 @@ _KEYWORD_TAGS = {
 
 
 def tag_label(keyword: str) -> str:
-    """``"Keyword (gggg,eeee)"`` for messages, e.g. ``PatientWeight (0010,1030)``."""
+    """``"Keyword (gggg,eeee)"`` for messages, e.g. ``PatientWeight (0010,1030)``.
+
+    Standard keywords come from pydicom's data dictionary; the vendor private tags used for SUV from
+    :data:`_KEYWORD_TAGS`; anything else is returned as given.
+    """
     tag = _KEYWORD_TAGS.get(keyword)
+    if tag is None:
+        number = pydicom.datadict.tag_for_keyword(keyword)
+        tag = None if number is None else f"({number >> 16:04X},{number & 0xFFFF:04X})"
     return f"{keyword} {tag}" if tag else keyword
 
 
