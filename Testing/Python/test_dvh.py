@@ -31,8 +31,8 @@ from PETDosePaintingLib.dosepainting.dvh import (
 from PETDosePaintingLib.errors import GeometryError, UnitsError
 from PETDosePaintingLib.imaging.dicom_export import DicomIdentity, write_ct_series
 from PETDosePaintingLib.imaging.dicom_series import read_dicom_series
-from PETDosePaintingLib.imaging.image import image_from_array, make_grid, physical_grid
-from PETDosePaintingLib.imaging.rtdose import read_rtdose, set_frame_of_reference, write_rtdose
+from PETDosePaintingLib.imaging.image import image_from_array, make_grid, physical_grid, set_frame_of_reference
+from PETDosePaintingLib.imaging.rtdose import read_rtdose, write_rtdose
 from PETDosePaintingLib.imaging.rtstruct import load_rtstruct, write_rtstruct
 
 FOR_UID = "1.2.826.0.1.3680043.8.498.777"

@@ -21,14 +21,15 @@ from pydicom.uid import ExplicitVRLittleEndian
 from PETDosePaintingLib.errors import DicomError, GeometryError, InputError, OutputError, UnitsError
 from PETDosePaintingLib.imaging.dicom_export import DicomIdentity, write_ct_series
 from PETDosePaintingLib.imaging.dicom_series import read_dicom_series
-from PETDosePaintingLib.imaging.image import get_units, image_from_array, physical_grid
-from PETDosePaintingLib.imaging.io import read_image
-from PETDosePaintingLib.imaging.rtdose import (
+from PETDosePaintingLib.imaging.image import (
     FRAME_OF_REFERENCE_KEY,
-    read_rtdose,
+    get_units,
+    image_from_array,
+    physical_grid,
     set_frame_of_reference,
-    write_rtdose,
 )
+from PETDosePaintingLib.imaging.io import read_image
+from PETDosePaintingLib.imaging.rtdose import read_rtdose, write_rtdose
 
 RT_DOSE_STORAGE = "1.2.840.10008.5.1.4.1.1.481.2"
 RT_PLAN_STORAGE = "1.2.840.10008.5.1.4.1.1.481.5"

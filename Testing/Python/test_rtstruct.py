@@ -22,9 +22,8 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from PETDosePaintingLib.errors import GeometryError, InputError, OutputError
 from PETDosePaintingLib.imaging.dicom_export import DicomIdentity, write_ct_series
 from PETDosePaintingLib.imaging.dicom_series import read_dicom_series
-from PETDosePaintingLib.imaging.image import image_from_array, make_grid
+from PETDosePaintingLib.imaging.image import FRAME_OF_REFERENCE_KEY, image_from_array, make_grid, set_frame_of_reference
 from PETDosePaintingLib.imaging.resample import resample_mask
-from PETDosePaintingLib.imaging.rtdose import FRAME_OF_REFERENCE_KEY, set_frame_of_reference
 from PETDosePaintingLib.imaging.rtstruct import (
     NOTES_KEY,
     load_rtstruct,

@@ -12,8 +12,8 @@ def read_image_with_frame(path: str | Path, what: str, modality: str | None = No
     Returns ``(image, series)``; ``series`` is the :class:`~PETDosePaintingLib.imaging.dicom_series.DicomSeries`
     for a DICOM folder, else ``None``.
     """
-    from ..dosepainting.prescription import set_frame_of_reference
     from ..errors import InputError
+    from ..imaging.image import set_frame_of_reference
     from ..imaging.io import read_image
 
     path = Path(path)

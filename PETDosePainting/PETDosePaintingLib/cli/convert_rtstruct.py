@@ -33,8 +33,8 @@ def register(subparsers) -> None:
 def _reference(path: Path):
     """The reference grid, with its frame of reference recorded when the input says it."""
     from ..errors import InputError
+    from ..imaging.image import set_frame_of_reference
     from ..imaging.io import read_image
-    from ..imaging.rtdose import set_frame_of_reference
 
     if not path.exists():
         raise InputError("no such file or directory", path)

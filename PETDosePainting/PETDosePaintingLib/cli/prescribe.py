@@ -116,14 +116,12 @@ def run(args: argparse.Namespace) -> int:
         boost_prescription,
         check_dose_range,
         dose_painting_by_numbers,
-        frame_of_reference_uid,
         inverted_prescription,
         require_shared_frame,
-        set_frame_of_reference,
         tg263_level_name,
     )
     from ..errors import InputError, OutputError
-    from ..imaging.image import same_geometry
+    from ..imaging.image import get_frame_of_reference, same_geometry, set_frame_of_reference
     from ..imaging.io import read_mask, write_image, write_json
     from ..imaging.resample import resample_mask
     from .common import Transaction, check_outputs, read_image_with_frame, require_image_suffix
@@ -221,7 +219,7 @@ def run(args: argparse.Namespace) -> int:
             prescription = result.dose
     if grid is not None and grid is ct_image and result.grid == "reference grid":
         result.grid = "planning CT grid"
-    if ct_series is not None and frame_of_reference_uid(prescription) is None:
+    if ct_series is not None and get_frame_of_reference(prescription) is None:
         # The dose grid is in the CT's frame (checked above): record it on everything written, so the RT
         # export and petdp evaluate-plan can rely on it.
         ct_uid = ct_series.identity.frame_of_reference_uid

@@ -82,12 +82,19 @@ from scipy import ndimage
 from skimage.measure import marching_cubes
 
 from ..errors import GeometryError, InputError
-from ..imaging.image import check_same_geometry, image_from_array, mask_volume_ml, require_binary_mask, same_geometry
+from ..imaging.image import (
+    FRAME_OF_REFERENCE_KEY,
+    check_same_geometry,
+    image_from_array,
+    mask_volume_ml,
+    require_binary_mask,
+    same_geometry,
+)
 from ..imaging.resample import resample_mask
 
 #: Metadata keys holding a DICOM Frame of Reference UID (``0020|0052`` is how SimpleITK/GDCM expose
 #: the tag when reading DICOM). Masks whose recorded UIDs differ are not comparable voxel-wise.
-FRAME_OF_REFERENCE_KEYS = ("0020|0052",)
+FRAME_OF_REFERENCE_KEYS = (FRAME_OF_REFERENCE_KEY,)
 
 #: Names of the common-grid choices (an image may be given instead).
 GRID_CHOICES = ("finest", "reference")

@@ -45,8 +45,14 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..errors import GeometryError, InputError
-from ..imaging.image import Units, check_same_geometry, require_binary_mask, require_finite, require_units
-from ..imaging.rtdose import get_frame_of_reference
+from ..imaging.image import (
+    Units,
+    check_same_geometry,
+    get_frame_of_reference,
+    require_binary_mask,
+    require_finite,
+    require_units,
+)
 from ..imaging.rtstruct import (
     RoiContours,
     StructureSet,

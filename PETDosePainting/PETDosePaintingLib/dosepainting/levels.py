@@ -38,17 +38,17 @@ from ..errors import InputError, ProcessingError
 from ..imaging.image import (
     Units,
     check_same_geometry,
+    get_frame_of_reference,
     get_units,
     image_from_array,
     require_binary_mask,
+    set_frame_of_reference,
     voxel_volume_ml,
 )
 from .plan_evaluation import QualityResult, quality_metrics
 from .prescription import (
     DEFAULT_MIN_ISLAND_ML,
     clean_mask,
-    frame_of_reference_uid,
-    set_frame_of_reference,
     tg263_level_name,
 )
 
@@ -234,7 +234,7 @@ def quantise_levels(
                                     float(rois_box[k].sum()) * voxel_ml, shell * voxel_ml, shell))
         if not rois_box[k].any():
             notes.append(f"{names[k]} is empty after clean-up")
-    uid = frame_of_reference_uid(dose)
+    uid = get_frame_of_reference(dose)
     level_image = set_frame_of_reference(image_from_array(full(level_box, np.float32), dose, units=Units.GY), uid)
     roi_images = {name: set_frame_of_reference(image_from_array(full(roi, np.uint8), dose, units=Units.LABEL), uid)
                   for name, roi in zip(names, rois_box, strict=True)}

@@ -35,10 +35,12 @@ from ..errors import InputError, UnitsError
 from ..imaging.image import (
     Units,
     check_same_geometry,
+    get_frame_of_reference,
     get_units,
     image_from_array,
     require_binary_mask,
     same_geometry,
+    set_frame_of_reference,
     set_units,
     voxel_volume_ml,
 )
@@ -46,10 +48,8 @@ from ..imaging.resample import resample_to_reference
 from .dvh import DvhResult, dvh_from_masks
 from .prescription import (
     count_outside,
-    frame_of_reference_uid,
     mask_points_lps,
     require_shared_frame,
-    set_frame_of_reference,
 )
 from .radiobiology import (
     DEFAULT_ALPHA,
@@ -162,7 +162,7 @@ def quality_metrics(planned: sitk.Image, prescribed: sitk.Image, mask: sitk.Imag
     qf_values = np.zeros(presc.shape, dtype=np.float32)
     qf_values[valid] = q - 1.0
     qf_map = image_from_array(qf_values, prescribed, units=Units.RATIO)
-    set_frame_of_reference(qf_map, frame_of_reference_uid(prescribed))
+    set_frame_of_reference(qf_map, get_frame_of_reference(prescribed))
     return QualityResult(
         qf=float(np.mean(np.abs(q - 1.0))), q95=q95, q105=q105, q95_105=q95 - q105, q_mean=float(q.mean()),
         q_min=float(q.min()), q_max=float(q.max()), n_voxels=int(n), n_excluded=n_excluded,

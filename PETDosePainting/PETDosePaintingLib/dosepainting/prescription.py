@@ -76,12 +76,14 @@ from ..errors import GeometryError, InputError
 from ..imaging.image import (
     Units,
     array_from_image,
+    get_frame_of_reference,
     get_units,
     image_from_array,
     make_grid,
     require_binary_mask,
     require_finite,
     same_geometry,
+    set_frame_of_reference,
     voxel_volume_ml,
 )
 from ..imaging.resample import resample_mask, resample_to_reference
@@ -102,29 +104,11 @@ DEFAULT_BOOST_FRACTION = 0.5
 DEFAULT_MIN_ISLAND_ML = 0.5
 #: Image-to-dose mappings of :func:`map_intensity_to_dose`.
 MAPPINGS = ("linear", "sqrt", "quadratic", "sigmoid", "log")
-#: Metadata key holding a DICOM Frame of Reference UID (the key SimpleITK/GDCM use; also used by
-#: :mod:`PETDosePaintingLib.comparison.metrics`).
-FRAME_OF_REFERENCE_KEY = "0020|0052"
 
 
 # --------------------------------------------------------------------------------------------------------
 # Frames of reference, grids and masks
 # --------------------------------------------------------------------------------------------------------
-
-def frame_of_reference_uid(image: sitk.Image) -> str | None:
-    """The DICOM Frame of Reference UID recorded in the image metadata, or ``None``."""
-    if image.HasMetaDataKey(FRAME_OF_REFERENCE_KEY):
-        uid = image.GetMetaData(FRAME_OF_REFERENCE_KEY).strip()
-        return uid or None
-    return None
-
-
-def set_frame_of_reference(image: sitk.Image, uid: str | None) -> sitk.Image:
-    """Record ``uid`` as the image's Frame of Reference UID (nothing if ``None``); returns the image."""
-    if uid:
-        image.SetMetaData(FRAME_OF_REFERENCE_KEY, str(uid).strip())
-    return image
-
 
 def require_shared_frame(moving: sitk.Image, reference: sitk.Image, moving_name: str, reference_name: str, *,
                          assume_same_frame: bool = False) -> str:
@@ -133,7 +117,7 @@ def require_shared_frame(moving: sitk.Image, reference: sitk.Image, moving_name:
     Returns a sentence saying on what basis. Raises :class:`GeometryError` if both images record different
     Frame of Reference UIDs, or if either records none and ``assume_same_frame`` is False.
     """
-    a, b = frame_of_reference_uid(moving), frame_of_reference_uid(reference)
+    a, b = get_frame_of_reference(moving), get_frame_of_reference(reference)
     if a and b:
         if a != b:
             raise GeometryError(f"{moving_name} (frame of reference {a}) and {reference_name} (frame of reference "
@@ -450,7 +434,7 @@ def _full_image(values_box: np.ndarray, g: _Grid, units: str, dtype=np.float32) 
     full = np.zeros(g.target.shape, dtype=dtype)
     full[g.box] = values_box
     image = image_from_array(full, g.grid, units=units)
-    set_frame_of_reference(image, frame_of_reference_uid(g.grid))
+    set_frame_of_reference(image, get_frame_of_reference(g.grid))
     return image
 
 
@@ -574,7 +558,7 @@ def dose_painting_by_numbers(
         i_high=float(i_high), i_high_percentile=percentile, i_low_fraction=fraction, mean_dose_gy=mean_dose,
         scale=float(scale), sigmoid_centre=sigmoid_centre if mapping == "sigmoid" else None,
         sigmoid_steepness=sigmoid_steepness if mapping == "sigmoid" else None, frame_of_reference=g.frame_note,
-        frame_of_reference_uid=frame_of_reference_uid(g.grid), notes=notes,
+        frame_of_reference_uid=get_frame_of_reference(g.grid), notes=notes,
     )
 
 
@@ -678,7 +662,7 @@ def boost_prescription(
         target_mean_dose_gy=float(dose_box[inside].mean()), boost_mask=_mask_image(btv, g), boost_source=source,
         boost_fraction=fraction, boost_threshold=threshold, boost_volume_ml=float(btv.sum()) * voxel_ml,
         min_island_ml=min_island_ml, frame_of_reference=g.frame_note,
-        frame_of_reference_uid=frame_of_reference_uid(g.grid), notes=notes,
+        frame_of_reference_uid=get_frame_of_reference(g.grid), notes=notes,
     )
 
 
@@ -728,7 +712,7 @@ def inverted_prescription(prescription: sitk.Image, mask: sitk.Image | None = No
         out[ring_only] = ring_value
         ring_ml = float(ring_only.sum()) * voxel_volume_ml(prescription)
     image = image_from_array(out.astype(np.float32), prescription, units=Units.GY)
-    set_frame_of_reference(image, frame_of_reference_uid(prescription))
+    set_frame_of_reference(image, get_frame_of_reference(prescription))
     return InvertedPrescription(image, float(ceiling), ring_value, ring_ml)
 
 

@@ -30,7 +30,7 @@ from pydicom.errors import InvalidDicomError
 
 from ..errors import DicomError, InputError
 from .dicom_export import DicomIdentity
-from .image import Units, set_units
+from .image import Units, get_frame_of_reference, set_frame_of_reference, set_units
 from .suv import SuvResult, compute_suv, suv_inputs_from_datasets, tag_label
 
 #: Modalities read as image series; everything else in a folder is skipped.
@@ -393,11 +393,16 @@ def read_dicom_series(
     image.SetSpacing((float(pixel_spacing[1]), float(pixel_spacing[0]), float(dz)))
     image.SetDirection(tuple(np.column_stack([row_dir, col_dir, normal]).ravel().tolist()))
     set_units(image, units)
+    identity = DicomIdentity.from_dataset(first)
+    try:  # downstream code refuses to mix grids of different frames of reference
+        set_frame_of_reference(image, identity.frame_of_reference_uid)
+    except InputError:
+        notes.append(f"FrameOfReferenceUID {identity.frame_of_reference_uid!r} is malformed and was not recorded")
 
     return DicomSeries(
         directory=directory, modality=mod, series_instance_uid=uid, sop_class_uid=str(first.SOPClassUID),
         series_description=str(first.get("SeriesDescription", "") or "").strip(),
-        identity=DicomIdentity.from_dataset(first),
+        identity=identity,
         sop_instance_uids=tuple(str(ds.SOPInstanceUID).strip() for _, ds in members),
         files=tuple(p for p, _ in members), datasets=tuple(ds for _, ds in members), image=image, units=units,
         rescale_slopes=tuple(slopes), rescale_intercepts=tuple(intercepts), skipped=tuple(skipped),
@@ -441,6 +446,7 @@ def suv_from_series(
     image = sitk.GetImageFromArray(suv.astype(np.float32))
     image.CopyInformation(series.image)
     set_units(image, result.units)
+    set_frame_of_reference(image, get_frame_of_reference(series.image))
     return image, result
 
 

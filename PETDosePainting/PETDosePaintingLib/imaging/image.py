@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -21,6 +22,9 @@ from ..errors import GeometryError, InputError, UnitsError
 
 UNITS_KEY = "PETDP_Units"
 DESCRIPTION_KEY = "PETDP_Description"
+#: Metadata key of the DICOM Frame of Reference UID (the key SimpleITK/GDCM use for (0020,0052)).
+FRAME_OF_REFERENCE_KEY = "0020|0052"
+_UID_PATTERN = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 
 
 class Units:
@@ -65,6 +69,29 @@ def require_units(image: sitk.Image, allowed: Iterable[str], what: str = "image"
         found = "no units recorded" if units is None else f"units {units!r}"
         raise UnitsError(f"{what} has {found}; this needs one of {', '.join(allowed)}")
     return units
+
+
+def get_frame_of_reference(image: sitk.Image) -> str | None:
+    """The DICOM Frame of Reference UID recorded in the image metadata, or ``None``."""
+    if image.HasMetaDataKey(FRAME_OF_REFERENCE_KEY):
+        value = image.GetMetaData(FRAME_OF_REFERENCE_KEY).strip()
+        return value or None
+    return None
+
+
+def set_frame_of_reference(image: sitk.Image, uid: str | None) -> sitk.Image:
+    """Record ``uid`` as the image's Frame of Reference UID; returns the same image. ``None`` or "" does nothing.
+
+    Tag an image only when you know it is in that frame (read from, computed on, or registered and
+    resampled into the grid of a series of that frame of reference). Malformed UIDs raise :class:`InputError`.
+    """
+    if not uid:
+        return image
+    uid = str(uid).strip()
+    if len(uid) > 64 or not _UID_PATTERN.match(uid):
+        raise InputError(f"{uid!r} is not a valid DICOM Frame of Reference UID")
+    image.SetMetaData(FRAME_OF_REFERENCE_KEY, uid)
+    return image
 
 
 def image_from_array(

@@ -54,7 +54,16 @@ from pydicom.valuerep import format_number_as_ds
 
 from .. import __version__
 from ..errors import DicomError, GeometryError, InputError, OutputError, UnitsError
-from .image import DESCRIPTION_KEY, Units, require_finite, require_units, same_geometry, set_units
+from .image import (
+    DESCRIPTION_KEY,
+    FRAME_OF_REFERENCE_KEY,
+    Units,
+    get_frame_of_reference,
+    require_finite,
+    require_units,
+    same_geometry,
+    set_units,
+)
 from .io import atomic_path
 
 if TYPE_CHECKING:
@@ -65,7 +74,6 @@ RT_PLAN_STORAGE = UID("1.2.840.10008.5.1.4.1.1.481.5")
 RT_STRUCTURE_SET_STORAGE = UID("1.2.840.10008.5.1.4.1.1.481.3")
 
 #: Metadata key of the DICOM Frame of Reference UID (as SimpleITK/GDCM name the tag (0020,0052)).
-FRAME_OF_REFERENCE_KEY = "0020|0052"
 #: Metadata keys also recorded by :func:`read_rtdose`.
 STUDY_UID_KEY = "0020|000d"
 SERIES_UID_KEY = "0020|000e"
@@ -107,26 +115,6 @@ class RtDoseExport:
 # --------------------------------------------------------------------------------------------------------------
 # Frame of reference helpers
 # --------------------------------------------------------------------------------------------------------------
-
-def get_frame_of_reference(image: sitk.Image) -> str | None:
-    """The Frame of Reference UID recorded in the image metadata (``"0020|0052"``), or ``None``."""
-    if image.HasMetaDataKey(FRAME_OF_REFERENCE_KEY):
-        value = image.GetMetaData(FRAME_OF_REFERENCE_KEY).strip()
-        return value or None
-    return None
-
-
-def set_frame_of_reference(image: sitk.Image, uid: str) -> sitk.Image:
-    """Record a Frame of Reference UID in the image metadata; returns the same image for chaining.
-
-    Tag an image only when you know it is in that frame (computed on, or registered and resampled into,
-    the grid of a series of that frame of reference).
-    """
-    if not uid or not UID(uid).is_valid:
-        raise InputError(f"{uid!r} is not a valid DICOM Frame of Reference UID")
-    image.SetMetaData(FRAME_OF_REFERENCE_KEY, str(uid))
-    return image
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Shared dataset building (also used by the RT Structure Set writer)
@@ -482,7 +470,7 @@ def _minimal_plan(reference: DicomSeries, *, plan_uid: str, series_uid: str, ct_
 # Reader
 # --------------------------------------------------------------------------------------------------------------
 
-def _read_dataset(path: Path) -> Dataset:
+def read_rt_dataset(path: Path) -> Dataset:
     if not path.is_file():
         raise InputError("no such file", path)
     try:
@@ -524,7 +512,7 @@ def read_rtdose(path: str | Path, *, offset_tolerance_mm: float = 0.01) -> sitk.
       ``"0008|0018"`` SOP Instance UID, units ``Gy``, and the Series Description.
     """
     path = Path(path)
-    ds = _read_dataset(path)
+    ds = read_rt_dataset(path)
     modality = str(ds.get("Modality", "")).upper()
     if modality != "RTDOSE" and ds.get("SOPClassUID") != RT_DOSE_STORAGE:
         raise DicomError(f"is not an RT Dose (Modality {modality or 'missing'}); give an RT Dose file, or a "

@@ -79,18 +79,24 @@ from skimage.measure import find_contours
 
 from ..errors import DicomError, GeometryError, InputError, OutputError
 from .dicom_series import DicomSeries
-from .image import DESCRIPTION_KEY, Units, require_binary_mask, same_geometry, set_units
+from .image import (
+    DESCRIPTION_KEY,
+    FRAME_OF_REFERENCE_KEY,
+    Units,
+    get_frame_of_reference,
+    require_binary_mask,
+    same_geometry,
+    set_units,
+)
 from .io import atomic_path
 from .resample import resample_mask
 from .rtdose import (
-    FRAME_OF_REFERENCE_KEY,
     RT_STRUCTURE_SET_STORAGE,
-    _read_dataset,
     check_text,
     creation_datetime,
     digest,
     ensure_not_reference,
-    get_frame_of_reference,
+    read_rt_dataset,
     reference_frame_of_reference,
     rt_base_dataset,
 )
@@ -175,7 +181,7 @@ class ContourPlane:
 def load_rtstruct(path: str | Path) -> StructureSet:
     """Read the ROIs and their closed planar contours from an RT Structure Set file (no rasterisation)."""
     path = Path(path)
-    ds = _read_dataset(path)
+    ds = read_rt_dataset(path)
     modality = str(ds.get("Modality", "")).upper()
     if modality != "RTSTRUCT" and ds.get("SOPClassUID") != RT_STRUCTURE_SET_STORAGE:
         raise DicomError(f"is not an RT Structure Set (Modality {modality or 'missing'})", path)
