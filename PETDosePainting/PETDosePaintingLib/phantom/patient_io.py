@@ -28,7 +28,7 @@ from pathlib import Path
 import SimpleITK as sitk
 
 from ..imaging.dicom_export import DicomIdentity, PetAcquisition, write_ct_series, write_mr_series, write_pet_series
-from ..imaging.image import Units, set_units
+from ..imaging.image import Units, set_frame_of_reference, set_units
 from ..imaging.io import atomic_path, write_image, write_json
 from .patient import DigitalPatient, PatientTimepoint
 
@@ -81,6 +81,7 @@ def write_patient(patient: DigitalPatient, out_dir: str | Path, dicom: bool = Tr
     for tp in patient.timepoints:
         say(f"writing {tp.name}" + (" (DICOM and NRRD)" if dicom else " (NRRD)"))
         folder = out / tp.name
+        _record_frame(tp, patient_identity(patient, tp).frame_of_reference_uid)
         if dicom:
             _write_timepoint_dicom(patient, tp, folder / "dicom", files)
         images = {"ct": tp.ct, "pet_fdg_suv": tp.fdg_pet, "pet_fmiso_suv": tp.fmiso_pet}
@@ -108,6 +109,16 @@ def write_patient(patient: DigitalPatient, out_dir: str | Path, dicom: bool = Tr
     return files
 
 
+def _record_frame(tp: PatientTimepoint, uid: str) -> None:
+    """Record the session's DICOM frame of reference on every image of a timepoint (in memory and in files)."""
+    truth = tp.truth
+    images = [tp.ct, tp.fdg_pet, tp.fmiso_pet, truth.gtv_fraction_pet, truth.gtv_pet, truth.node_pet,
+              truth.hypoxic_pet, truth.necrosis_pet, truth.inflammation_pet, truth.gtv_ct, truth.node_ct,
+              truth.hypoxic_ct, *truth.oars_ct.values()]
+    for image in images:
+        set_frame_of_reference(image, uid)
+
+
 def _write_timepoint_dicom(patient: DigitalPatient, tp: PatientTimepoint, folder: Path, files: PatientFiles) -> None:
     identity = patient_identity(patient, tp)
     ct = write_ct_series(tp.ct, folder / "CT", identity, series_description=f"CT {tp.name} (synthetic)")
@@ -117,7 +128,8 @@ def _write_timepoint_dicom(patient: DigitalPatient, tp: PatientTimepoint, folder
         result = write_pet_series(getattr(tp, attr), folder / f"PT_{tracer}", identity, acquisitions[tracer],
                                   series_number=number, series_description=f"PET {tracer} AC {tp.name} (synthetic)")
         # From now on the patient's PET is exactly what the DICOM series holds (16-bit quantised).
-        setattr(tp, attr, set_units(sitk.Image(result.suv_image), Units.SUV_BW))
+        suv = set_units(sitk.Image(result.suv_image), Units.SUV_BW)
+        setattr(tp, attr, set_frame_of_reference(suv, identity.frame_of_reference_uid))
         files.dicom[f"{tp.name}/PT_{tracer}"] = result.out_dir
 
 
@@ -125,13 +137,15 @@ def _write_mr(patient: DigitalPatient, folder: Path, dicom: bool, files: Patient
     mr = patient.mr
     assert mr is not None
     cfg = patient.config
+    baseline = patient.timepoints[0]
+    identity = DicomIdentity.synthetic(
+        f"{cfg.seed}-mr", patient_id=f"PETDP-{cfg.seed:04d}", patient_name=f"Digital^Patient{cfg.seed}",
+        patient_sex=cfg.sex, patient_weight_kg=baseline.weight_kg, patient_size_m=cfg.height_m,
+        study_date=(baseline.date - _dt.timedelta(days=2)).strftime("%Y%m%d"), study_time="140000",
+        study_description="H&N MRI baseline (PETDosePainting digital patient)", study_id="mr")
+    for image in (mr.t1w, mr.t2w, mr.gtv_mr, mr.dwi.adc_truth, *mr.dwi.images.values()):
+        set_frame_of_reference(image, identity.frame_of_reference_uid)
     if dicom:
-        baseline = patient.timepoints[0]
-        identity = DicomIdentity.synthetic(
-            f"{cfg.seed}-mr", patient_id=f"PETDP-{cfg.seed:04d}", patient_name=f"Digital^Patient{cfg.seed}",
-            patient_sex=cfg.sex, patient_weight_kg=baseline.weight_kg, patient_size_m=cfg.height_m,
-            study_date=(baseline.date - _dt.timedelta(days=2)).strftime("%Y%m%d"), study_time="140000",
-            study_description="H&N MRI baseline (PETDosePainting digital patient)", study_id="mr")
         mr_cfg = cfg.mr
         series = (("T1W", mr.t1w, mr_cfg.t1w_tr_ms, mr_cfg.t1w_te_ms),
                   ("T2W", mr.t2w, mr_cfg.t2w_tr_ms, mr_cfg.t2w_te_ms))
