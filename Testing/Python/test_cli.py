@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import subprocess
 import sys
@@ -71,6 +72,26 @@ def test_demo_scene_holds_images_truth_and_method_masks(tmp_path):
     assert {"GTV_truth", "Hypoxic_truth", "Parotid_L", "SpinalCord"} <= set(truth)
     methods = segment_names(node_by_name(scene, "baseline_GTV_methods", "vtkMRMLSegmentationNode"))
     assert "GTV_gradient" in methods and "GTV_truth" in methods and len(methods) >= 10
+    # Dose painting: prescriptions tagged as dose for SlicerRT, DICOM-RT next to the CT series, nested levels.
+    for name in ("RX_FDG_DPBN_Gy", "RX_FDG_BOOST_Gy", "RX_FDG_LEVELS_Gy", "RX_FMISO_BOOST_Gy"):
+        node = node_by_name(scene, name, "vtkMRMLScalarVolumeNode")
+        assert node.GetAttribute("DicomRtImport.DoseVolume") == "1"
+    summary = json.loads((out / "summary.json").read_text())
+    dp = summary["dose_painting"]
+    assert dp["dpbn"]["dose_max_gy"] == pytest.approx(86.0) and dp["dpbn"]["dose_min_gy"] >= 70.0
+    levels = dp["levels"]["levels"]
+    assert len(levels) == 5 and all(a["roi_volume_ml"] >= b["roi_volume_ml"] for a, b in itertools.pairwise(levels))
+    assert sum(lv["shell_volume_ml"] for lv in levels) == pytest.approx(levels[0]["roi_volume_ml"], rel=1e-6)
+    from PETDosePaintingLib.imaging.dicom_series import read_dicom_series
+    from PETDosePaintingLib.imaging.rtdose import read_rtdose
+    from PETDosePaintingLib.imaging.rtstruct import read_rtstruct
+
+    rt = out / "patient" / "baseline" / "dicom" / "RT"
+    dose = read_rtdose(rt / "RD_FDG_DPBN.dcm")
+    assert float(sitk.GetArrayFromImage(dose).max()) == pytest.approx(86.0, abs=0.01)
+    ct = read_dicom_series(out / "patient" / "baseline" / "dicom" / "CT").image
+    rois = read_rtstruct(rt / "RS_DOSE_PAINTING.dcm", ct)
+    assert {lv["name"] for lv in levels} <= set(rois) and "BTV_HYPOXIC" in rois
 
 
 def test_demo_refuses_an_unrelated_non_empty_folder(tmp_path, capsys):

@@ -34,6 +34,7 @@ from ..phantom.patient_io import write_patient
 from ..segmentation.common import SegmentationResult
 from ..segmentation.quantify import quantify_gtv
 from ..segmentation.registry import get_method, method_names, run_method
+from .demo_dosepainting import DosePaintingStage, run_dose_painting
 from .outputs import prepare_output_dir
 
 #: The method whose GTV the summary reports as "the" GTV (the project's flagship).
@@ -100,10 +101,19 @@ def run_demo(out_dir: str | Path, quick: bool = False, log: Callable[[str], None
     headline = results.get(HEADLINE_METHOD) or next(iter(results.values()), None)
     quantification = None if headline is None else quantify_gtv(pet, headline.mask)
 
-    log("writing the Slicer scene (every image, truth segmentations, all method masks)")
-    files["scene"] = _write_scene(out / "demo.mrb", patient, pet, results, rows)
+    dose_painting = None
+    if headline is not None:
+        log(f"dose painting on the {headline.method} GTV: FDG and FMISO prescriptions, DICOM-RT export")
+        dose_painting = run_dose_painting(patient, patient_files.dicom, pet, headline.mask, out=out,
+                                          log=lambda m: log(f"  {m.strip()}"))
+        files.update(dose_painting.files)
+
+    log("writing the Slicer scene (every image, truth segmentations, method masks, prescriptions)")
+    files["scene"] = _write_scene(out / "demo.mrb", patient, pet, results, rows, extra=dose_painting)
     summary = _summary(patient, quick=quick, suv=suv, dicom_error=dicom_error, fwhm=fwhm, headline=headline,
                        quantification=quantification, rows=rows, files=files, out=out, started=started)
+    if dose_painting is not None:
+        summary["dose_painting"] = dose_painting.summary
     files["summary"] = write_json(summary, out / "summary.json")
     result.files, result.summary = files, summary
     return result
@@ -146,7 +156,8 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 
 def _write_scene(path: Path, patient: DigitalPatient, pet_from_dicom: sitk.Image,
-                 results: dict[str, SegmentationResult], rows: list[dict[str, Any]]) -> Path:
+                 results: dict[str, SegmentationResult], rows: list[dict[str, Any]], *,
+                 extra: DosePaintingStage | None = None) -> Path:
     from ..mrml.bundle import write_scene_bundle
 
     volumes: dict[str, sitk.Image] = {}
@@ -167,6 +178,9 @@ def _write_scene(path: Path, patient: DigitalPatient, pet_from_dicom: sitk.Image
     segmentations["baseline_GTV_methods"] = (pet_from_dicom, masks)
     table = {c: [("" if r.get(c) is None else r[c]) for r in rows] for c in ("method", "status", "volume_ml", "dice",
                                                                              "sensitivity", "ppv", "hd95_mm")}
+    if extra is not None:  # prescriptions in Gy are tagged as dose for SlicerRT by the bridge
+        volumes.update(extra.volumes)
+        segmentations.update(extra.segmentations)
     return write_scene_bundle(path, volumes, segmentations, {"GTV method accuracy": table})
 
 
