@@ -8,7 +8,9 @@ application does at start-up), which :func:`create_core_scene` does.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import weakref
 from pathlib import Path
 
 import slicer
@@ -40,8 +42,10 @@ def create_core_scene() -> slicer.vtkMRMLScene:
     io_manager.SetMRMLApplicationLogic(app_logic)
     io_manager.SetAndObserveDataIOManager(remote_io.GetDataIOManager())
     remote_io.AddDataIOToScene()
-    # The logic objects must outlive the scene's use; keep references on the Python wrapper.
+    # The logic objects must outlive the scene's use; keep references on the Python wrapper, and remove the
+    # (normally empty) cache folder once the scene is gone.
     scene._petdp_logics = (app_logic, seg_logic, remote_io, io_manager)  # type: ignore[attr-defined]
+    weakref.finalize(scene, shutil.rmtree, cache_dir, True)
     return scene
 
 
