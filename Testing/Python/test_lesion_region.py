@@ -55,3 +55,19 @@ def test_click_in_flat_background_is_refused():
     pet = _pet(np.ones(GRID.GetSize()[::-1]), noise=0.0)
     with pytest.raises(InputError, match="not on an uptake hill"):
         lesion_region(pet, (0.0, 0.0, 0.0))
+
+
+def test_working_sphere_grows_around_a_large_lesion_and_is_click_invariant():
+    grid = make_grid((70, 70, 60), (2.0, 2.0, 2.0), origin=(-69, -69, -59))
+    fraction = sphere_fraction(grid, (0.0, 0.0, 0.0), 28.0)  # 92 mL primary
+    blurred = sitk.GetArrayFromImage(gaussian_blur(image_from_array((1 + 6 * fraction).astype(np.float32), grid),
+                                                   6.0))
+    pet = image_from_array(blurred.astype(np.float32), grid, units=Units.SUV_BW)
+    centre = lesion_region(pet, (0.0, 0.0, 0.0), roi_radius_mm=20.0)
+    edge = lesion_region(pet, (18.0, 6.0, -4.0), roi_radius_mm=20.0)
+    assert centre.radius_mm > 20.0  # grown: the lesion does not fit a 20 mm sphere with background around it
+    hill = centre.paste(centre.inside, fraction.shape)
+    assert hill[fraction >= 0.5].all()
+    # A click off-centre climbs to the same peak and gets the same (peak-centred) working region.
+    assert edge.radius_mm == centre.radius_mm and edge.slices == centre.slices
+    assert np.array_equal(edge.inside, centre.inside)

@@ -314,12 +314,19 @@ def test_a_threshold_inside_the_background_noise_is_refused():
     assert threshold_background_subtracted(pet, CENTRE).volume_ml > 0
 
 
-def test_one_click_contour_reaching_the_working_sphere_is_refused():
-    # 25 % of SUVmax contours a 24 mm sphere out to about 27 mm: beyond a 26 mm working sphere.
-    with pytest.raises(ProcessingError, match="roi_radius_mm"):
-        threshold_fraction_of_max(sphere_pet(24.0), CENTRE, fraction=0.25, roi_radius_mm=26.0)
-    result = threshold_fraction_of_max(sphere_pet(24.0), CENTRE, fraction=0.25, roi_radius_mm=32.0)
-    assert result.volume_ml > sphere_volume_ml(24.0)
+def test_one_click_working_sphere_grows_until_the_contour_fits():
+    # 25 % of SUVmax contours a 24 mm sphere out to about 27 mm: beyond a 26 mm starting sphere, which
+    # therefore grows (common.lesion_region) and returns the same contour as a roomy start.
+    grown = threshold_fraction_of_max(sphere_pet(24.0), CENTRE, fraction=0.25, roi_radius_mm=26.0)
+    roomy = threshold_fraction_of_max(sphere_pet(24.0), CENTRE, fraction=0.25, roi_radius_mm=60.0)
+    assert grown.volume_ml > sphere_volume_ml(24.0)
+    assert grown.volume_ml == pytest.approx(roomy.volume_ml, rel=0.01)
+
+
+def test_one_click_contour_leaking_into_the_surroundings_is_refused():
+    # 2 % of SUVmax lies in the background: the contour would flood the neighbourhood, not follow the edge.
+    with pytest.raises(ProcessingError):
+        threshold_fraction_of_max(sphere_pet(12.0), CENTRE, fraction=0.02)
 
 
 # ------------------------------------------------------------------------------------------------

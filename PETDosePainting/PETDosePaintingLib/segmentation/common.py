@@ -24,10 +24,21 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from ..errors import InputError
-from ..imaging.image import Units, image_from_array, mask_volume_ml, point_to_index, require_finite, set_units
+from ..imaging.image import (
+    Units,
+    image_from_array,
+    index_to_point,
+    mask_volume_ml,
+    point_to_index,
+    require_finite,
+    set_units,
+)
 
-#: Default radius (mm) of the working region around a seed when no ROI is given.
+#: Default radius (mm) of the working region around a seed when no ROI is given (it grows when the lesion
+#: needs more room, see :func:`lesion_region`).
 DEFAULT_ROI_RADIUS_MM = 40.0
+#: Largest radius (mm) the one-click working sphere grows to (a 90 mm radius holds any H&N primary).
+MAX_ROI_RADIUS_MM = 90.0
 
 
 @dataclass
@@ -151,6 +162,8 @@ class LesionRegion(Region):
 
     peak: tuple[int, int, int] = (0, 0, 0)  #: index (k, j, i) in the crop of the hill's maximum (smoothed image)
     seed_peak: tuple[int, int, int] = (0, 0, 0)  #: the local maximum reached by steepest ascent from the seed
+    working: np.ndarray | None = None  #: the working region (ROI, or the sphere actually used) in the crop
+    radius_mm: float | None = None  #: radius of the working sphere actually used (``None`` with an ROI)
     background: float = 0.0  #: median of the working sphere outside the hill's upper half, input units
     peak_value: float = 0.0  #: smoothed value at the peak, input units
 
@@ -179,6 +192,8 @@ def lesion_region(
     roi_radius_mm: float = DEFAULT_ROI_RADIUS_MM,
     saddle_fraction: float = 0.5,
     smoothing_mm: float = 2.0,
+    max_roi_radius_mm: float = MAX_ROI_RADIUS_MM,
+    edge_margin_mm: float = 10.0,
 ) -> LesionRegion:
     """The region a one-click method works in: the seed's own uptake hill, cut from its neighbours.
 
@@ -199,7 +214,11 @@ def lesion_region(
     5. the region kept is the merged hill holding the peak reached by steepest ascent from the seed. A
        neighbour's voxels never enter SUVmax, background or the mask; where a low threshold would join
        the two, the cut follows the watershed line (as the "splitting" option of Beichel et al., Med
-       Phys 2016;43:2948).
+       Phys 2016;43:2948);
+    6. without an ROI the sphere grows until the lesion fits with background around it: while the hill's
+       part above a quarter of its contrast comes within ``edge_margin_mm`` (10 mm) of the sphere's
+       surface, the radius grows by half (up to ``max_roi_radius_mm``, 90 mm), so a large primary gets
+       the room its contour and background shell need. An ROI given by the user is never enlarged.
 
     ``BG`` is the median of the working region outside the seed hill's upper half (a rough level used only
     for the merging rule; methods estimate their own background). Default ``saddle_fraction`` 0.5 is a
@@ -207,7 +226,61 @@ def lesion_region(
     """
     if not 0.0 < saddle_fraction < 1.0:
         raise InputError(f"saddle_fraction must be between 0 and 1, got {saddle_fraction}")
-    base = working_region(image, seed_lps, roi, roi_radius_mm)
+    if roi is not None:
+        return _hill_in(image, seed_lps, roi, roi_radius_mm, saddle_fraction=saddle_fraction, smoothing_mm=smoothing_mm)
+    # Find the lesion's hill from the click, then centre the working sphere on the hill's maximum, so that a
+    # click at the lesion's centre and one on its edge get the same region (and the same result).
+    radius = float(roi_radius_mm)
+    region = first = _hill_in(image, seed_lps, None, radius, saddle_fraction=saddle_fraction,
+                              smoothing_mm=smoothing_mm)
+    centre: tuple[int, ...] | None = None
+    for _ in range(32):
+        # Re-centre on the hill's maximum at the current radius (a fixed point), and only then grow: growing
+        # never shrinks back, so growing around an off-centre click would make the result depend on where in
+        # the lesion the user clicked. Radii follow one ladder (r0 x 1.5^n, capped), used both when the lesion
+        # needs room and when a peripheral click must stay inside the sphere, so clicks converge alike.
+        top = tuple(int(c + s.start) for c, s in zip(region.peak, region.slices, strict=True))
+        if top != centre:
+            centre = top
+        elif radius < max_roi_radius_mm and _near_edge(region, image, edge_margin_mm):
+            radius = min(1.5 * radius, float(max_roi_radius_mm))
+        else:
+            return region
+        moved = _hill_in(image, index_to_point(image, centre[::-1]), None, radius, saddle_fraction=saddle_fraction,
+                         smoothing_mm=smoothing_mm, click_lps=seed_lps)
+        while moved is None and radius < max_roi_radius_mm:  # the click lies outside: next rung of the ladder
+            radius = min(1.5 * radius, float(max_roi_radius_mm))
+            moved = _hill_in(image, index_to_point(image, centre[::-1]), None, radius,
+                             saddle_fraction=saddle_fraction, smoothing_mm=smoothing_mm, click_lps=seed_lps)
+        if moved is None:  # even the largest sphere around the peak misses the click: keep the click-centred one
+            return first
+        region = moved
+    return region
+
+
+def _near_edge(region: LesionRegion, image: sitk.Image, margin_mm: float) -> bool:
+    """Whether the hill's part above a quarter of its contrast lies within ``margin_mm`` of the sphere's surface."""
+    values = region.crop(sitk.GetArrayViewFromImage(image)).astype(np.float64)
+    lesion = region.inside & (values >= region.background + 0.25 * (region.peak_value - region.background))
+    spacing = np.asarray(image.GetSpacing())[::-1]
+    depth = ndimage.distance_transform_edt(np.pad(region.working, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
+    return bool(np.any(lesion & (depth <= margin_mm)))
+
+
+def _hill_in(image: sitk.Image, seed_lps: Sequence[float] | None, roi: sitk.Image | None, radius_mm: float, *,
+             saddle_fraction: float, smoothing_mm: float, click_lps: Sequence[float] | None = None):
+    """Steps 1-5 of :func:`lesion_region` in one working region centred on ``seed_lps``.
+
+    With ``click_lps`` (the user's click, when the region is centred elsewhere), the region's seed is the click;
+    ``None`` is returned if the click lies outside the working region.
+    """
+    base = working_region(image, seed_lps, roi, radius_mm)
+    if click_lps is not None:
+        i, j, k = point_to_index(image, click_lps, "seed")
+        click = (k - base.slices[0].start, j - base.slices[1].start, i - base.slices[2].start)
+        if any(c < 0 or c >= n for c, n in zip(click, base.inside.shape, strict=True)) or not base.inside[click]:
+            return None
+        base = Region(base.slices, base.inside, click)  # type: ignore[arg-type]
     values = base.crop(sitk.GetArrayViewFromImage(image)).astype(np.float64)
     sigma = smoothing_mm / np.asarray(image.GetSpacing())[::-1]
     smooth = ndimage.gaussian_filter(values, sigma) if smoothing_mm > 0 else values
@@ -225,7 +298,8 @@ def lesion_region(
     hill = _merged_hill(smooth, base.inside, peak, background, saddle_fraction)
     top = np.unravel_index(int(np.argmax(np.where(hill, smooth, -np.inf))), hill.shape)
     return LesionRegion(base.slices, hill, base.seed, peak=tuple(int(t) for t in top),  # type: ignore[arg-type]
-                        seed_peak=peak, background=background, peak_value=float(smooth[top]))
+                        seed_peak=peak, background=background, peak_value=float(smooth[top]),
+                        working=base.inside, radius_mm=None if roi is not None else radius_mm)
 
 
 def _merged_hill(smooth: np.ndarray, inside: np.ndarray, peak: tuple[int, int, int], background: float,

@@ -274,14 +274,14 @@ def locate_lesion(suv: sitk.Image, seed_lps: Sequence[float] | None, roi: sitk.I
     """
     values = check_pet(suv)
     region = lesion_region(suv, seed_lps, roi, roi_radius_mm=roi_radius_mm, saddle_fraction=saddle_fraction)
-    base = working_region(suv, seed_lps, roi, roi_radius_mm)
+    working = region.working if region.working is not None else working_region(suv, seed_lps, roi, roi_radius_mm).inside
     sub = region.crop(values)
     spacing_kji = np.asarray(suv.GetSpacing(), float)[::-1]
     if roi is None:
-        _check_click(sub, region, base.inside, spacing_kji)
+        _check_click(sub, region, working, spacing_kji)
     masked = np.where(region.inside, sub, -np.inf)
     max_index = tuple(int(i) for i in np.unravel_index(int(np.argmax(masked)), sub.shape))
-    return LesionContext(suv, values, region, sub, base.inside, spacing_kji, float(sub[max_index]), max_index,
+    return LesionContext(suv, values, region, sub, working, spacing_kji, float(sub[max_index]), max_index,
                          roi is not None)  # type: ignore[arg-type]
 
 
