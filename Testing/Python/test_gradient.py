@@ -272,3 +272,83 @@ def test_uniform_image_has_no_lesion():
     flat = np.random.default_rng(9).poisson(100.0, (24, 24, 24)) / 100.0
     with pytest.raises(InputError, match="not inside a structure"):
         segment_gradient(image_from_array(flat.astype(np.float32), grid, units=Units.SUV_BW), (0.0, 0.0, 0.0))
+
+
+# ------------------------------------------------ fixes found with the segmentation benchmark (issue 4)
+
+
+def _body_phantom(voxel, *, fov=200.0, body_radius=60.0, lesions=(), blur=FWHM, counts=COUNTS, seed=0):
+    """A soft-tissue cylinder (uptake 1, axis along z) in air (uptake 0) with spherical lesions
+    ``(centre, radius, contrast)``, blurred by a Gaussian of ``blur`` mm and given Poisson noise."""
+    n = round(fov / voxel)
+    grid = make_grid((n, n, n), (voxel,) * 3, origin=(-fov / 2 + voxel / 2,) * 3)
+    x, y, _z = physical_grid(grid)
+    activity = (x**2 + y**2 <= body_radius**2).astype(np.float64)
+    truths = []
+    for centre, radius, contrast in lesions:
+        fraction = sphere_fraction(grid, centre, radius)
+        activity = activity * (1 - fraction) + contrast * fraction
+        truths.append(fraction >= 0.5)
+    blurred = sitk.GetArrayFromImage(gaussian_blur(image_from_array(activity.astype(np.float32), grid), blur))
+    noisy = np.random.default_rng(seed).poisson(np.clip(blurred, 0, None) * counts) / counts
+    return image_from_array(noisy.astype(np.float32), grid, units=Units.SUV_BW), truths
+
+
+def test_background_is_the_tissue_not_the_air_around_a_lesion_under_the_skin():
+    # A faint lesion (contrast 2, radius 6 mm) 8 mm under the skin: the 40 mm working sphere reaches 32 mm
+    # into air. Counted as background, the air inflated the background SD by the tissue-air step, the
+    # lesion was "not above background", and the sphere grew to 60 mm, whose shell is mostly air:
+    # background 0.00 instead of 1 (on the benchmark's lesion 3 this chose a level 5 times too large).
+    centre = (52.0, 0.3, -0.4)
+    pet, (truth,) = _body_phantom(2.0, lesions=[(centre, 6.0, 2.0)])
+    result = segment_gradient(pet, centre)
+    assert result.background == pytest.approx(1.0, abs=0.1)
+    assert result.details["background_sd"] < 0.1  # noise of the restored tissue (COV 10 % before restoration)
+    assert result.details["roi_radius_mm_used"] == 40.0
+    assert dice(result.mask, truth) >= 0.75
+
+
+def test_a_working_sphere_reaching_far_into_air_keeps_the_flooding_level_of_the_tissue():
+    # A 100 mm radius around a lesion in a 60 mm body: most of the sphere's outer shell is air, whose
+    # gradient is 0. The flooding level (median background gradient) must come from the tissue, or
+    # nearly every noise minimum stays a basin (thousands of basins, seconds of clustering).
+    centre = (10.3, -0.6, 0.2)
+    pet, (truth,) = _body_phantom(4.0, lesions=[(centre, 12.0, 5.0)])
+    wide = segment_gradient(pet, centre, roi_radius_mm=100.0, max_roi_radius_mm=100.0)
+    default = segment_gradient(pet, centre)
+    assert wide.details["n_basins"] < 5 * default.details["n_basins"] + 50
+    assert wide.background == pytest.approx(1.0, abs=0.1)
+    assert dice(wide.mask, truth) >= 0.9
+
+
+def test_sub_resolution_sphere_is_not_overestimated():
+    # A 5 mm radius sphere (0.52 mL) imaged with a 7.5 mm FWHM on 2 mm voxels: the PLUS edge of an object
+    # this small sits at about sqrt(2) sigma of the restored blur whatever its size (+60-80 % volume);
+    # the PSF model (step 10 of the module doc) brings it back to the true volume on average (three noise
+    # realisations; one realisation scatters by about 15-25 %, the model's reference is a noisy peak).
+    centre = (0.4, -0.7, 0.3)
+    plain_ratios, ratios = [], []
+    for seed in range(3):
+        pet, (truth,) = _body_phantom(2.0, fov=128.0, lesions=[(centre, 5.0, 6.0)], blur=7.5, seed=seed)
+        true_ml = np.count_nonzero(truth) * 0.008
+        plain = segment_gradient(pet, centre, fwhm_mm=7.5, subresolution_radius_mm=0.0)
+        corrected = segment_gradient(pet, centre, fwhm_mm=7.5)
+        plain_ratios.append(plain.volume_ml / true_ml)
+        ratios.append(corrected.volume_ml / true_ml)
+        assert dice(corrected.mask, truth) > dice(plain.mask, truth) + 0.05
+        report = corrected.details["subresolution"]
+        assert report["applied"] and report["volume_before_ml"] == pytest.approx(plain.volume_ml)
+        assert corrected.details["dendrogram"].subresolution(corrected.details["chosen_level"]) == report
+    assert min(plain_ratios) > 1.4  # the bias this step removes
+    assert np.mean(ratios) == pytest.approx(1.0, abs=0.15)
+    assert min(ratios) > 0.7 and max(ratios) < 1.3
+
+
+def test_lesion_above_the_resolution_is_left_alone_by_the_sub_resolution_step():
+    centre = (0.4, -0.7, 0.3)
+    pet, _ = _body_phantom(2.0, fov=128.0, lesions=[(centre, 12.0, 6.0)], blur=7.5)
+    big = segment_gradient(pet, centre, fwhm_mm=7.5)
+    assert not big.details["subresolution"]["applied"]
+    np.testing.assert_array_equal(
+        sitk.GetArrayFromImage(big.mask),
+        sitk.GetArrayFromImage(segment_gradient(pet, centre, fwhm_mm=7.5, subresolution_radius_mm=0.0).mask))
