@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -57,10 +55,11 @@ def test_majority_vote_of_three_masks_is_the_voxelwise_rule():
     assert result.GetPixelID() == sitk.sitkUInt8 and result.GetSpacing() == GRID.GetSpacing()
 
 
-def test_even_number_of_masks_counts_a_tie_as_tumour_by_default():
-    balls = [_ball(r) for r in (6.0, 8.0, 10.0, 12.0)]
-    assert math.ceil(4 / 2) == 2
-    assert np.array_equal(_array(majority_vote([_mask(m) for m in balls])), balls[2])  # in >= 2 of 4
+def test_default_majority_is_strict_so_a_tie_is_not_tumour():
+    balls = [_ball(r) for r in (6.0, 8.0, 10.0, 12.0)]  # nested: a voxel of ball r is in every larger ball
+    assert np.array_equal(_array(majority_vote([_mask(m) for m in balls])), balls[1])  # in >= 3 of 4
+    # Two methods: a majority needs both (their intersection), not either (their union).
+    assert np.array_equal(_array(majority_vote([_mask(balls[0]), _mask(balls[3])])), balls[0])
 
 
 # ----------------------------------------------------------------------------------------- STAPLE

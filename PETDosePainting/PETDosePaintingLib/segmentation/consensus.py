@@ -18,7 +18,6 @@ References
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,7 +60,7 @@ def _resolve_k(rule: str, k: int | None, n: int) -> int:
     elif rule == "mv3":
         k_eff = 3 if k is None else k
     else:
-        k_eff = math.ceil(n / 2) if k is None else k
+        k_eff = n // 2 + 1 if k is None else k  # a strict majority: more than half of the votes
     if rule in ("mv2", "mv3") and k is not None and k != {"mv2": 2, "mv3": 3}[rule]:
         raise InputError(f"rule {rule!r} fixes k = {rule[-1]}; do not also give k = {k}")
     if not 1 <= int(k_eff) <= n:
@@ -75,9 +74,10 @@ def vote_count(masks: Sequence[sitk.Image]) -> np.ndarray:
 
 
 def majority_vote(masks: Sequence[sitk.Image], k: int | None = None) -> sitk.Image:
-    """Voxels included by at least ``k`` of the ``N`` masks; ``k`` defaults to ceil(N/2).
+    """Voxels included by at least ``k`` of the ``N`` masks; ``k`` defaults to a strict majority, floor(N/2) + 1.
 
-    With ``N`` even the default counts a tie as tumour (e.g. 2 of 4). MV2 / MV3 of the MUST-segmenter are
+    With ``N`` even a tie is not a majority (3 of 4 are needed; with 2 masks, both): a default that counted ties
+    as tumour would turn the vote of two methods into their union. MV2 / MV3 of the MUST-segmenter are
     ``k=2`` / ``k=3``. Masks must be binary and on one grid (:class:`GeometryError` otherwise); at least two.
     Written with numpy rather than ``sitk.LabelVoting``, whose rule is a plurality over labels (for two
     labels, a strict majority) and has no k-of-N.
@@ -168,8 +168,9 @@ def staple(
 
 def combine_masks(masks: Sequence[sitk.Image], rule: str = MAJORITY, *, k: int | None = None,
                   margin_mm: float = 10.0) -> tuple[sitk.Image, dict[str, Any]]:
-    """Consensus of ``masks`` by ``rule``: ``"majority"`` (k of N, default ceil(N/2)), ``"mv2"``, ``"mv3"``
-    or ``"staple"`` (then ``margin_mm``, see :func:`staple`). Returns the mask and what was computed."""
+    """Consensus of ``masks`` by ``rule``: ``"majority"`` (k of N, default a strict majority floor(N/2) + 1),
+    ``"mv2"``, ``"mv3"`` or ``"staple"`` (then ``margin_mm``, see :func:`staple`). Returns the mask and what was
+    computed."""
     if rule not in RULES:
         raise InputError(f"unknown consensus rule {rule!r}; use one of {', '.join(RULES)}")
     if rule == STAPLE:
@@ -229,7 +230,7 @@ def consensus_segmentation(
         ``fcm`` and ``gmm``), each with its own defaults. With the default list a method that fails on
         this lesion is skipped and reported in ``details["skipped"]``; with an explicit list any failure
         is an error (so a requested member is never silently missing).
-    rule : ``"majority"`` (default; ``k`` of N, default ceil(N/2)), ``"mv2"``, ``"mv3"`` or ``"staple"``.
+    rule : ``"majority"`` (default; ``k`` of N, default floor(N/2) + 1), ``"mv2"``, ``"mv3"`` or ``"staple"``.
     k : votes needed for the majority rule.
     margin_mm : STAPLE's box margin around the union (default 10 mm).
     method_parameters : ``{name: {parameter: value}}`` passed to individual methods.

@@ -61,7 +61,7 @@ METHODS: dict[str, MethodInfo] = {
                     "denoise_method", "deblur_method", "iterations", "count_scale", "sigma_spatial_mm", "sigma_range",
                     "gradient_sigma_mm", "watershed_level", "level_score", "safeguard_fraction",
                     "separation_fraction", "min_contrast_sd", "min_volume_ml", "enclosure_search_mm", "refine_edges",
-                    "fill", "ct", "ct_interpolation", "ct_air_hu", "ct_bone_hu"),
+                    "fill", "ct", "ct_interpolation", "ct_air_hu", "ct_bone_hu", "subresolution_radius_mm"),
     ),
     "threshold": MethodInfo(
         "threshold", _threshold,
