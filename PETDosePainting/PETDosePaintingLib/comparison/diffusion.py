@@ -771,67 +771,15 @@ def _check_philips_scale(members: list[tuple[Path, Dataset]]) -> None:
 
 def _stack_slices(members: list[tuple[Path, Dataset]], tolerance_mm: float, b_value: float) -> sitk.Image:
     """One 3D image (float32, a.u.) from single-frame MR slices of one series and b-value."""
-    from ..imaging.dicom_series import float_values, read_slice_values
-    from ..imaging.suv import tag_label
+    from ..imaging.dicom_series import read_slice_values, stack_slices
 
-    first_path, first = members[0]
-    orientation = float_values(first, "ImageOrientationPatient", 6, first_path)
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    if abs(np.linalg.norm(row_dir) - 1) > 1e-3 or abs(np.linalg.norm(col_dir) - 1) > 1e-3 or \
-            abs(float(np.dot(row_dir, col_dir))) > 1e-3:
-        raise DicomError(f"{tag_label('ImageOrientationPatient')} {orientation.tolist()} is not two orthonormal "
-                         "direction cosines", first_path)
-    row_dir = row_dir / np.linalg.norm(row_dir)
-    col_dir = col_dir - np.dot(col_dir, row_dir) * row_dir
-    col_dir = col_dir / np.linalg.norm(col_dir)
-    normal = np.cross(row_dir, col_dir)
-    spacing = float_values(first, "PixelSpacing", 2, first_path)
-    if np.any(spacing <= 0):
-        raise DicomError(f"{tag_label('PixelSpacing')} {spacing.tolist()} must be positive", first_path)
-    rows, columns = int(first.Rows), int(first.Columns)
-    positions = []
-    for path, ds in members:
-        if not np.allclose(float_values(ds, "ImageOrientationPatient", 6, path), orientation, atol=1e-4):
-            raise DicomError(f"{tag_label('ImageOrientationPatient')} differs from that of {first_path}", path)
-        if not np.allclose(float_values(ds, "PixelSpacing", 2, path), spacing, atol=1e-4, rtol=0):
-            raise DicomError(f"{tag_label('PixelSpacing')} differs from that of {first_path}", path)
-        if (int(ds.Rows), int(ds.Columns)) != (rows, columns):
-            raise DicomError(f"matrix {ds.Rows} x {ds.Columns} differs from {rows} x {columns} in {first_path}", path)
-        positions.append(float_values(ds, "ImagePositionPatient", 3, path))
-    positions = np.array(positions)
-    along = positions @ normal
-    order = np.argsort(along, kind="stable")
-    members = [members[i] for i in order]
-    positions, along = positions[order], along[order]
-    n = len(members)
-    if n > 1:
-        gaps = np.diff(along)
-        worst = int(np.argmin(gaps))
-        if gaps[worst] <= tolerance_mm:
-            raise DicomError(f"two images with b = {b_value:g} s/mm2 at the same position ({along[worst]:.3f} mm): "
-                             f"{members[worst][0]} and {members[worst + 1][0]}; separate diffusion directions or "
-                             "repeats in one series are not supported (use the trace-weighted images)",
-                             members[worst][0])
-        dz = (along[-1] - along[0]) / (n - 1)
-        if np.abs(along - (along[0] + dz * np.arange(n))).max() > tolerance_mm:
-            k = int(np.argmax(np.abs(gaps - dz)))
-            raise DicomError(f"non-uniform slice spacing at b = {b_value:g} s/mm2: the gap between "
-                             f"{members[k][0].name} and {members[k + 1][0].name} is {gaps[k]:.4g} mm while the "
-                             f"stack averages {dz:.4g} mm (missing slice?)", members[k][0])
-        in_plane = (positions - positions[0]) - np.outer(along - along[0], normal)
-        if np.abs(in_plane).max() > tolerance_mm:
-            raise DicomError("slices are not stacked along the slice normal (gantry tilt or sheared stack)",
-                             first_path)
-    else:
-        dz = 1.0
-        for keyword in ("SpacingBetweenSlices", "SliceThickness"):
-            value = first.get(keyword)
-            try:
-                if value not in (None, "") and float(value) > 0:
-                    dz = float(value)
-                    break
-            except (TypeError, ValueError):
-                continue
+    stack = stack_slices(members, tolerance_mm=tolerance_mm, what=f"at b = {b_value:g} s/mm2",
+                         duplicate_hint="separate diffusion directions or repeats in one series are not supported; "
+                                        "use the trace-weighted images")
+    members, positions, dz, n = stack.members, stack.positions, stack.slice_spacing_mm, len(stack.members)
+    rows, columns, spacing = stack.rows, stack.columns, stack.pixel_spacing
+    row_dir, col_dir, normal = stack.row_dir, stack.col_dir, stack.normal
+    first = members[0][1]
     values = np.empty((n, rows, columns), dtype=np.float64)
     for k, (path, _) in enumerate(members):
         values[k] = read_slice_values(path, rows, columns, "MR")[0]

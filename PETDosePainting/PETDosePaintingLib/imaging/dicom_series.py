@@ -19,7 +19,7 @@ kept for later export (e.g. RT Structure Sets referencing the CT slices).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +266,102 @@ def _slice_values_gdcm(path: Path, rows: int, columns: int, cause: Exception) ->
     return values
 
 
+@dataclass
+class SliceStack:
+    """Single-frame slices of one series sorted along their normal, with the geometry they define (LPS mm)."""
+
+    members: list[tuple[Path, Dataset]]  #: (file, header) in slice order
+    row_dir: np.ndarray  #: direction of the rows (i axis)
+    col_dir: np.ndarray  #: direction of the columns (j axis), orthogonalised
+    normal: np.ndarray  #: slice normal (k axis), row x column
+    pixel_spacing: np.ndarray  #: PixelSpacing as in DICOM: (between rows, between columns), mm
+    positions: np.ndarray  #: ImagePositionPatient of each slice, in slice order
+    slice_spacing_mm: float
+    rows: int
+    columns: int
+    notes: list[str] = field(default_factory=list)
+
+
+def stack_slices(members: list[tuple[Path, Dataset]], *, tolerance_mm: float = 0.05,
+                 duplicate_hint: str = "duplicated files?", what: str = "") -> SliceStack:
+    """Check and sort single-frame slices into a regular stack (PS3.3 C.7.6.2 Image Plane module).
+
+    Every slice must share ImageOrientationPatient (two orthonormal direction cosines), PixelSpacing and the
+    matrix; slices are sorted by their position along the normal, which must be uniformly spaced within
+    ``tolerance_mm`` with no in-plane shift (gantry tilt is refused). A single slice takes its spacing from
+    SpacingBetweenSlices or SliceThickness (else 1 mm, noted). Errors name the tag and the file; ``what``
+    (e.g. "at b = 800 s/mm2") says which stack of a series they concern.
+    """
+    where = f" {what}" if what else ""
+    first_path, first = members[0]
+    orientation = float_values(first, "ImageOrientationPatient", 6, first_path)
+    row_dir, col_dir = orientation[:3], orientation[3:]
+    if abs(np.linalg.norm(row_dir) - 1) > 1e-3 or abs(np.linalg.norm(col_dir) - 1) > 1e-3 or \
+            abs(float(np.dot(row_dir, col_dir))) > 1e-3:
+        raise DicomError(f"{tag_label('ImageOrientationPatient')} {orientation.tolist()} is not two orthonormal "
+                         "direction cosines", first_path)
+    row_dir = row_dir / np.linalg.norm(row_dir)
+    col_dir = col_dir - np.dot(col_dir, row_dir) * row_dir
+    col_dir = col_dir / np.linalg.norm(col_dir)
+    normal = np.cross(row_dir, col_dir)
+    pixel_spacing = float_values(first, "PixelSpacing", 2, first_path)
+    if np.any(pixel_spacing <= 0):
+        raise DicomError(f"{tag_label('PixelSpacing')} {pixel_spacing.tolist()} must be positive", first_path)
+    rows, columns = int(first.Rows), int(first.Columns)
+    positions = []
+    for path, ds in members:
+        if not np.allclose(float_values(ds, "ImageOrientationPatient", 6, path), orientation, atol=1e-4):
+            raise DicomError(f"{tag_label('ImageOrientationPatient')} differs from that of {first_path}; a series "
+                             "must have one orientation", path)
+        if not np.allclose(float_values(ds, "PixelSpacing", 2, path), pixel_spacing, atol=1e-4, rtol=0):
+            raise DicomError(f"{tag_label('PixelSpacing')} differs from that of {first_path}", path)
+        if (int(ds.Rows), int(ds.Columns)) != (rows, columns):
+            raise DicomError(f"matrix {ds.Rows} x {ds.Columns} differs from {rows} x {columns} in {first_path}",
+                             path)
+        positions.append(float_values(ds, "ImagePositionPatient", 3, path))
+    positions_arr = np.array(positions)
+    along = positions_arr @ normal
+    order = np.argsort(along, kind="stable")
+    members = [members[i] for i in order]
+    positions_arr, along = positions_arr[order], along[order]
+    n = len(members)
+    notes: list[str] = []
+    if n > 1:
+        gaps = np.diff(along)
+        worst = int(np.argmin(gaps))
+        if gaps[worst] <= tolerance_mm:
+            raise DicomError(f"two slices at the same position{where} ({along[worst]:.3f} mm along the normal): "
+                             f"{members[worst][0]} and {members[worst + 1][0]} ({duplicate_hint})", members[worst][0])
+        dz = float((along[-1] - along[0]) / (n - 1))
+        deviation = np.abs(along - (along[0] + dz * np.arange(n)))
+        if deviation.max() > tolerance_mm:
+            k = int(np.argmax(np.abs(gaps - dz)))
+            raise DicomError(f"non-uniform slice spacing{where}: the gap between {members[k][0].name} and "
+                             f"{members[k + 1][0].name} is {gaps[k]:.4g} mm while the series averages {dz:.4g} mm "
+                             f"(missing slice?); tolerance {tolerance_mm:g} mm", members[k][0].parent)
+        in_plane = (positions_arr - positions_arr[0]) - np.outer(along - along[0], normal)
+        if np.abs(in_plane).max() > tolerance_mm:
+            raise DicomError(f"slices are not stacked along the slice normal (in-plane shift up to "
+                             f"{np.abs(in_plane).max():.3g} mm: gantry tilt or sheared series), which is not "
+                             "supported", first_path.parent)
+    else:
+        dz = None
+        for keyword in ("SpacingBetweenSlices", "SliceThickness"):
+            value = first.get(keyword)
+            try:
+                if value not in (None, "") and float(value) > 0:
+                    dz = float(value)
+                    notes.append(f"single slice: slice spacing {dz:g} mm taken from {tag_label(keyword)}")
+                    break
+            except (TypeError, ValueError):
+                continue
+        if dz is None:
+            dz = 1.0
+            notes.append("single slice without SpacingBetweenSlices or SliceThickness: slice spacing set to 1 mm "
+                         "(it does not affect voxel values)")
+    return SliceStack(members, row_dir, col_dir, normal, pixel_spacing, positions_arr, dz, rows, columns, notes)
+
+
 def read_dicom_series(
     directory: str | Path,
     series_uid: str | None = None,
@@ -303,68 +399,12 @@ def read_dicom_series(
     mod = str(members[0][1].Modality).upper()
 
     # --- geometry: orientation, spacing, positions ------------------------------------------------------
-    first_path, first = members[0]
-    orientation = float_values(first, "ImageOrientationPatient", 6, first_path)
-    row_dir, col_dir = orientation[:3], orientation[3:]
-    if abs(np.linalg.norm(row_dir) - 1) > 1e-3 or abs(np.linalg.norm(col_dir) - 1) > 1e-3 or \
-            abs(float(np.dot(row_dir, col_dir))) > 1e-3:
-        raise DicomError(f"{tag_label('ImageOrientationPatient')} {orientation.tolist()} is not two orthonormal "
-                         "direction cosines", first_path)
-    row_dir = row_dir / np.linalg.norm(row_dir)
-    col_dir = col_dir - np.dot(col_dir, row_dir) * row_dir
-    col_dir = col_dir / np.linalg.norm(col_dir)
-    normal = np.cross(row_dir, col_dir)
-    pixel_spacing = float_values(first, "PixelSpacing", 2, first_path)
-    if np.any(pixel_spacing <= 0):
-        raise DicomError(f"{tag_label('PixelSpacing')} {pixel_spacing.tolist()} must be positive", first_path)
-    positions = []
-    for path, ds in members:
-        if not np.allclose(float_values(ds, "ImageOrientationPatient", 6, path), orientation, atol=1e-4):
-            raise DicomError(f"{tag_label('ImageOrientationPatient')} differs from that of {first_path}; a series must "
-                             "have one orientation", path)
-        if not np.allclose(float_values(ds, "PixelSpacing", 2, path), pixel_spacing, atol=1e-4, rtol=0):
-            raise DicomError(f"{tag_label('PixelSpacing')} differs from that of {first_path}", path)
-        positions.append(float_values(ds, "ImagePositionPatient", 3, path))
-    positions = np.array(positions)
-    along = positions @ normal
-    order = np.argsort(along, kind="stable")
-    members = [members[i] for i in order]
-    positions, along = positions[order], along[order]
-    n = len(members)
-    if n > 1:
-        gaps = np.diff(along)
-        worst = int(np.argmin(gaps))
-        if gaps[worst] <= slice_tolerance_mm:
-            raise DicomError(f"two slices at the same position ({along[worst]:.3f} mm along the normal): "
-                             f"{members[worst][0]} and {members[worst + 1][0]} (duplicated files, or a dynamic or "
-                             "multi-frame acquisition?)", members[worst][0])
-        dz = (along[-1] - along[0]) / (n - 1)
-        deviation = np.abs(along - (along[0] + dz * np.arange(n)))
-        if deviation.max() > slice_tolerance_mm:
-            k = int(np.argmax(np.abs(gaps - dz)))
-            raise DicomError(f"non-uniform slice spacing: the gap between {members[k][0].name} and "
-                             f"{members[k + 1][0].name} is {gaps[k]:.4g} mm while the series averages {dz:.4g} mm "
-                             f"(missing slice?); tolerance {slice_tolerance_mm:g} mm", members[k][0].parent)
-        in_plane = (positions - positions[0]) - np.outer(along - along[0], normal)
-        if np.abs(in_plane).max() > slice_tolerance_mm:
-            raise DicomError(f"slices are not stacked along the slice normal (in-plane shift up to "
-                             f"{np.abs(in_plane).max():.3g} mm: gantry tilt or sheared series), which is not "
-                             "supported", first_path.parent)
-    else:
-        dz = None
-        for keyword in ("SpacingBetweenSlices", "SliceThickness"):
-            value = members[0][1].get(keyword)
-            try:
-                if value not in (None, "") and float(value) > 0:
-                    dz = float(value)
-                    notes.append(f"single slice: slice spacing {dz:g} mm taken from {tag_label(keyword)}")
-                    break
-            except (TypeError, ValueError):
-                continue
-        if dz is None:
-            dz = 1.0
-            notes.append("single slice without SpacingBetweenSlices or SliceThickness: slice spacing set to 1 mm "
-                         "(it does not affect voxel values)")
+    stack = stack_slices(members, tolerance_mm=slice_tolerance_mm,
+                         duplicate_hint="duplicated files, or a dynamic or multi-frame acquisition?")
+    notes.extend(stack.notes)
+    members, positions, dz, n = stack.members, stack.positions, stack.slice_spacing_mm, len(stack.members)
+    row_dir, col_dir, normal, pixel_spacing = stack.row_dir, stack.col_dir, stack.normal, stack.pixel_spacing
+    first = members[0][1]
 
     # --- pixel values ------------------------------------------------------------------------------------
     rows, columns = int(first.Rows), int(first.Columns)
