@@ -142,7 +142,7 @@ def test_refusals():
 
 def test_correlation_table_node(core_scene):
     from PETDosePaintingLib.mrml.comparison_logic import correlation_table_node
-    from PETDosePaintingLib.mrml.gtv_logic import table_to_columns
+    from PETDosePaintingLib.mrml.tables import table_to_columns
 
     x = image_from_array(_distinct_values(FINE), reference=FINE, units=Units.SUV_BW)
     y = image_from_array(-3.0 * _distinct_values(FINE), reference=FINE, units=Units.ADC)

@@ -32,7 +32,7 @@ from PETDosePaintingLib.imaging.dicom_series import read_dicom_series  # noqa: E
 from PETDosePaintingLib.imaging.image import Units, image_from_array, make_grid  # noqa: E402
 from PETDosePaintingLib.imaging.rtdose import read_rtdose  # noqa: E402
 from PETDosePaintingLib.imaging.rtstruct import load_rtstruct, read_rtstruct  # noqa: E402
-from PETDosePaintingLib.mrml.gtv_logic import OperationCancelled, table_to_columns  # noqa: E402
+from PETDosePaintingLib.mrml.gtv_logic import OperationCancelled  # noqa: E402
 from PETDosePaintingLib.mrml.hypoxia_logic import (  # noqa: E402
     EVALUATION_COLUMNS,
     HYPOXIA_COLUMNS,
@@ -53,6 +53,7 @@ from PETDosePaintingLib.mrml.segmentations import (  # noqa: E402
     segment_names,
     set_segment_from_mask,
 )
+from PETDosePaintingLib.mrml.tables import table_to_columns  # noqa: E402
 from PETDosePaintingLib.mrml.volumes import image_from_volume_node, volume_node_from_image  # noqa: E402
 
 SPACING = 3.0

@@ -8,7 +8,7 @@ import SimpleITK as sitk
 
 from PETDosePaintingLib.errors import InputError
 from PETDosePaintingLib.imaging.image import Units, image_from_array, make_grid
-from PETDosePaintingLib.mrml.gtv_logic import segment_pet_node, segment_volume_table, table_to_columns
+from PETDosePaintingLib.mrml.gtv_logic import segment_pet_node, segment_volume_table
 from PETDosePaintingLib.mrml.hypoxia_logic import ratio_map_node
 from PETDosePaintingLib.mrml.segmentations import (
     mask_from_segment,
@@ -16,6 +16,7 @@ from PETDosePaintingLib.mrml.segmentations import (
     segment_names,
     set_segment_from_mask,
 )
+from PETDosePaintingLib.mrml.tables import table_to_columns
 from PETDosePaintingLib.mrml.volumes import volume_node_from_image
 from PETDosePaintingLib.phantom.shapes import sphere_fraction
 

@@ -148,7 +148,7 @@ def test_overlap_matrix_is_symmetric_and_built_from_compare_masks(gtvs):
 
 def test_table_nodes_have_the_expected_columns_and_values(gtvs, core_scene):
     from PETDosePaintingLib.mrml.comparison_logic import overlap_matrix_node, pair_table_node, volume_table_node
-    from PETDosePaintingLib.mrml.gtv_logic import table_to_columns
+    from PETDosePaintingLib.mrml.tables import table_to_columns
 
     table = volume_table(gtvs, reference="pathology")
     node = volume_table_node(table, scene=core_scene)

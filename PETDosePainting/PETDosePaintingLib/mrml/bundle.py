@@ -7,9 +7,10 @@ from pathlib import Path
 
 import SimpleITK as sitk
 
-from .gtv_logic import RESULT_COLOURS, table_from_columns
+from .gtv_logic import RESULT_COLOURS
 from .scene import create_core_scene, save_scene_mrb
 from .segmentations import new_segmentation_node, set_segment_from_mask
+from .tables import table_from_columns
 from .volumes import volume_node_from_image
 
 

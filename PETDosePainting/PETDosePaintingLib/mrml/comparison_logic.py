@@ -17,7 +17,7 @@ from ..comparison.correlation import CorrelationResult
 from ..comparison.metrics import OverlapMetrics
 from ..comparison.reports import PAIR_COLUMNS, OverlapMatrix, VolumeTable, pair_rows
 from ..errors import InputError
-from .gtv_logic import table_from_columns
+from .tables import table_from_columns
 
 #: Columns holding text; every other column is numeric (``None`` becomes NaN).
 TEXT_COLUMNS = frozenset({"structure", "kind", "reference", "grid_spacing_mm", "volume_definition", "a", "b",

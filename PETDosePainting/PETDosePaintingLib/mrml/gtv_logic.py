@@ -31,7 +31,6 @@ from typing import Any
 import numpy as np
 import SimpleITK as sitk
 import slicer
-import vtk
 
 from ..comparison.metrics import compare_masks
 from ..errors import InputError, PETDPError, ProcessingError
@@ -53,6 +52,7 @@ from ..segmentation.consensus import RULES, combine_masks, consensus_seed_compon
 from ..segmentation.quantify import GTVQuantification, quantify_result
 from ..segmentation.registry import METHODS, get_method, run_method
 from .segmentations import mask_from_segment, new_segmentation_node, segment_names, set_segment_from_mask
+from .tables import columns_from_rows, table_from_columns, table_to_columns
 from .volumes import UNITS_ATTRIBUTE, image_from_volume_node, node_ijk_to_world_ras, ras_to_lps_point
 
 #: Colours given to method results, cycled in order (RGB 0..1).
@@ -826,65 +826,8 @@ def segment_volume_table(segmentation_node, reference, table_node=None, scene=No
         "Segment volumes", table_node, scene)
 
 
-def table_from_columns(columns: dict[str, Sequence[Any]], name: str, table_node=None, scene=None, *,
-                       units: Mapping[str, str] | None = None, descriptions: Mapping[str, str] | None = None):
-    """Create (or refill) a table node from named columns (strings or numbers, equal lengths).
-
-    A column whose values are all numbers becomes a numeric column (NaN for missing values); ``units`` and
-    ``descriptions`` (``{column: text}``) are shown by Slicer's table view as column unit and tooltip.
-    """
-    if table_node is None:
-        table_node = scene.AddNewNodeByClass("vtkMRMLTableNode", name)
-    table = table_node.GetTable()
-    table.Initialize()
-    lengths = {len(v) for v in columns.values()}
-    if len(lengths) > 1:
-        raise ValueError(f"columns have different lengths: {sorted(lengths)}")
-    for col_name, values in columns.items():
-        if all(isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) for v in values):
-            array = vtk.vtkDoubleArray()
-            for v in values:
-                array.InsertNextValue(float(v))
-        else:
-            array = vtk.vtkStringArray()
-            for v in values:
-                array.InsertNextValue(str(v))
-        array.SetName(col_name)
-        table.AddColumn(array)
-    for col_name, text in (units or {}).items():
-        if col_name in columns:
-            table_node.SetColumnUnitLabel(col_name, text)
-    for col_name, text in (descriptions or {}).items():
-        if col_name in columns:
-            table_node.SetColumnDescription(col_name, text)
-    table_node.Modified()
-    return table_node
-
-
-def table_to_columns(table_node) -> dict[str, list[Any]]:
-    """The content of a table node as ``{column: values}`` (numbers as float, others as str)."""
-    table = table_node.GetTable()
-    out: dict[str, list[Any]] = {}
-    for c in range(table.GetNumberOfColumns()):
-        column = table.GetColumn(c)
-        values = [column.GetValue(r) for r in range(table.GetNumberOfRows())]
-        out[column.GetName()] = [float(v) if column.IsNumeric() else str(v) for v in values]
-    return out
-
-
-def _columns_from_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
-    """Rows -> columns; a missing numeric cell is NaN, a missing text cell is empty."""
-    out: dict[str, list[Any]] = {}
-    for column in columns:
-        values = [row.get(column) for row in rows]
-        numeric = all(v is None or (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool))
-                      for v in values) and any(v is not None for v in values)
-        out[column] = [(math.nan if v is None else v) if numeric else ("" if v is None else v) for v in values]
-    return out
-
-
 def _replace_table(table_node, rows, columns, name, scene):
-    return table_from_columns(_columns_from_rows(rows, columns), name, table_node, scene, units=_COLUMN_UNITS,
+    return table_from_columns(columns_from_rows(rows, columns), name, table_node, scene, units=_COLUMN_UNITS,
                               descriptions=_COLUMN_DESCRIPTIONS)
 
 

@@ -86,8 +86,9 @@ from ..imaging.image import (
 from ..imaging.io import write_json
 from ..imaging.rtdose import write_rtdose
 from ..imaging.rtstruct import safe_file_name, write_rtstruct
-from .gtv_logic import OperationCancelled, table_from_columns, table_to_columns
+from .gtv_logic import OperationCancelled
 from .segmentations import mask_from_segment, new_segmentation_node, segment_names, set_segment_from_mask
+from .tables import columns_from_rows, table_from_columns, table_to_columns
 from .volumes import (
     DOSE_UNIT_NAME_ATTRIBUTE,
     DOSE_VOLUME_ATTRIBUTE,
@@ -961,18 +962,6 @@ def qvh_plot(qvh_table_node, series_name: str, chart_node=None, *, colour: Seque
 # ------------------------------------------------------------------------------------------ tables
 
 
-def _columns_from_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> dict[str, list[Any]]:
-    """Rows -> columns; a column of numbers (NaN for missing) when every present value is a number."""
-    out: dict[str, list[Any]] = {}
-    for column in columns:
-        values = [row.get(column) for row in rows]
-        numeric = all(v is None or (isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool))
-                      for v in values) and any(v is not None for v in values)
-        out[column] = [(math.nan if v is None else float(v)) if numeric else ("" if v is None else str(v))
-                       for v in values]
-    return out
-
-
 def upsert_table_rows(table_node, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
                       key: Sequence[str], name: str, scene):
     """Add ``rows`` to a table with ``columns`` (a new table ``name`` if ``None``), replacing rows with equal keys.
@@ -986,7 +975,7 @@ def upsert_table_rows(table_node, rows: Sequence[Mapping[str, Any]], columns: Se
             existing = [dict(zip(columns, values, strict=True)) for values in zip(*old.values(), strict=True)]
     keys = {tuple(str(row[c]) for c in key) for row in rows}
     kept = [row for row in existing if tuple(str(row[c]) for c in key) not in keys]
-    return table_from_columns(_columns_from_rows(kept + list(rows), columns), name, table_node, scene,
+    return table_from_columns(columns_from_rows(kept + list(rows), columns), name, table_node, scene,
                               units={c: u for c, u in _COLUMN_UNITS.items() if u},
                               descriptions=_COLUMN_DESCRIPTIONS)
 
