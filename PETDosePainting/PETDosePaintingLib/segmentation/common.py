@@ -193,7 +193,7 @@ def lesion_region(
     saddle_fraction: float = 0.5,
     smoothing_mm: float = 2.0,
     max_roi_radius_mm: float = MAX_ROI_RADIUS_MM,
-    edge_margin_mm: float = 10.0,
+    edge_margin_mm: float = 15.0,
 ) -> LesionRegion:
     """The region a one-click method works in: the seed's own uptake hill, cut from its neighbours.
 
@@ -215,13 +215,16 @@ def lesion_region(
        neighbour's voxels never enter SUVmax, background or the mask; where a low threshold would join
        the two, the cut follows the watershed line (as the "splitting" option of Beichel et al., Med
        Phys 2016;43:2948);
-    6. without an ROI the sphere grows until the lesion fits with background around it: while the hill's
-       part above a quarter of its contrast comes within ``edge_margin_mm`` (10 mm) of the sphere's
-       surface, the radius grows by half (up to ``max_roi_radius_mm``, 90 mm), so a large primary gets
-       the room its contour and background shell need. An ROI given by the user is never enlarged.
+    6. without an ROI the sphere grows until the lesion fits with background around it: while the lesion
+       (the connected part of the hill above half its contrast, around its maximum) comes within
+       ``edge_margin_mm`` (15 mm, room for a background shell) of the sphere's surface, the radius grows
+       by half (up to ``max_roi_radius_mm``, 90 mm). The sphere is centred on the hill's maximum, so any
+       click in the lesion gives the same region. An ROI given by the user is never enlarged.
 
-    ``BG`` is the median of the working region outside the seed hill's upper half (a rough level used only
-    for the merging rule; methods estimate their own background). Default ``saddle_fraction`` 0.5 is a
+    ``BG`` is the median of the working region's tissue outside the seed hill's upper half (a rough level
+    used only for the merging and growing rules; methods estimate their own background). Air (uptake below
+    :data:`TISSUE_FLOOR_FRACTION` of the median tissue uptake) belongs to no hill and is not background.
+    Default ``saddle_fraction`` 0.5 is a
     design choice: a dip to half the contrast separates structures.
     """
     if not 0.0 < saddle_fraction < 1.0:
@@ -259,9 +262,15 @@ def lesion_region(
 
 
 def _near_edge(region: LesionRegion, image: sitk.Image, margin_mm: float) -> bool:
-    """Whether the hill's part above a quarter of its contrast lies within ``margin_mm`` of the sphere's surface."""
+    """Whether the lesion itself comes within ``margin_mm`` of the working sphere's surface.
+
+    "The lesion" is the connected part of the hill above half its contrast that holds its maximum: structures
+    merged into the hill at lower levels (a gland, a ridge of tissue) do not make the sphere grow after them.
+    """
     values = region.crop(sitk.GetArrayViewFromImage(image)).astype(np.float64)
-    lesion = region.inside & (values >= region.background + 0.25 * (region.peak_value - region.background))
+    upper = region.inside & (values >= region.background + 0.5 * (region.peak_value - region.background))
+    upper[region.peak] = True
+    lesion = component_at(upper, region.peak)
     spacing = np.asarray(image.GetSpacing())[::-1]
     depth = ndimage.distance_transform_edt(np.pad(region.working, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
     return bool(np.any(lesion & (depth <= margin_mm)))
@@ -286,20 +295,34 @@ def _hill_in(image: sitk.Image, seed_lps: Sequence[float] | None, roi: sitk.Imag
     smooth = ndimage.gaussian_filter(values, sigma) if smoothing_mm > 0 else values
     peak = climb_to_peak(smooth, base.seed, base.inside)
     peak_value = float(smooth[peak])
-    background = float(np.median(smooth[base.inside]))
+    # Air (outside the body, airway) is not tissue: it must not lower the background or join the hill.
+    tissue = base.inside & (smooth >= _tissue_floor(smooth[base.inside], peak_value))
+    tissue[peak] = True
+    background = float(np.median(smooth[tissue]))
     if peak_value <= background:
         raise InputError(
             f"the seed is not on an uptake hill (local peak {peak_value:.3g} is not above the surrounding "
             f"median {background:.3g}): click inside the lesion"
         )
-    outside = base.inside & (smooth < background + 0.5 * (peak_value - background))
+    outside = tissue & (smooth < background + 0.5 * (peak_value - background))
     if outside.any():
         background = float(np.median(smooth[outside]))
-    hill = _merged_hill(smooth, base.inside, peak, background, saddle_fraction)
+    hill = _merged_hill(smooth, tissue, peak, background, saddle_fraction)
     top = np.unravel_index(int(np.argmax(np.where(hill, smooth, -np.inf))), hill.shape)
     return LesionRegion(base.slices, hill, base.seed, peak=tuple(int(t) for t in top),  # type: ignore[arg-type]
                         seed_peak=peak, background=background, peak_value=float(smooth[top]),
                         working=base.inside, radius_mm=None if roi is not None else radius_mm)
+
+
+#: Tissue floor of :func:`lesion_region` as a fraction of the median tissue uptake: fat, the least avid
+#: tissue, takes up 0.3-0.5 of muscle FDG; air is about 0. Design choice.
+TISSUE_FLOOR_FRACTION = 0.2
+
+
+def _tissue_floor(values: np.ndarray, peak_value: float) -> float:
+    """Uptake below which a voxel is taken as air: a fraction of the median of the clearly non-air voxels."""
+    clearly_tissue = values[values > 0.1 * peak_value]
+    return TISSUE_FLOOR_FRACTION * float(np.median(clearly_tissue)) if clearly_tissue.size else 0.0
 
 
 def _merged_hill(smooth: np.ndarray, inside: np.ndarray, peak: tuple[int, int, int], background: float,
