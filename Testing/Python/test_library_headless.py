@@ -14,6 +14,9 @@ FORBIDDEN_ATTRIBUTES = ("slicer.app", "slicer.modules")
 TIER1_ALLOWED = {"numpy", "scipy", "SimpleITK", "skimage", "pydicom"}
 TIER2_PACKAGES = ("mrml",)
 TOP_LAYER_PACKAGES = ("pipeline", "cli")  # may use both tiers
+#: Optional engines, each loaded in one file only, on first use, behind an extra (the rest works without them):
+#: pyRadPlan and its own dependencies for the [planning] extra (issue 9, Docs/Planning.md).
+OPTIONAL_ENGINE_IMPORTS = {"dosepainting/planning_objectives.py": {"pyRadPlan", "pydantic", "array_api_compat"}}
 
 
 def _library_modules() -> list[str]:
@@ -54,7 +57,14 @@ def _imports_and_attributes(path):
             imported.add(".".join(base + ([node.module] if node.module else [])))
         elif isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name):
             attributes.add(f"{node.value.id}.{node.attr}")
+        if _is_dynamic_import(node):  # importlib.import_module("name") counts as an import of name
+            imported.add(node.args[0].value)
     return imported, attributes
+
+
+def _is_dynamic_import(node) -> bool:
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "import_module"
+            and bool(node.args) and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str))
 
 
 def test_no_gui_imports_or_slicer_app_anywhere_in_the_library():
@@ -78,7 +88,21 @@ def test_tiers_keep_their_imports():
         imported, _ = _imports_and_attributes(path)
         roots = {name.split(".")[0] for name in imported} - stdlib - {"PETDosePaintingLib"}
         allowed = {"slicer", "vtk", "numpy", "SimpleITK"} if package in TIER2_PACKAGES else TIER1_ALLOWED
+        allowed = allowed | OPTIONAL_ENGINE_IMPORTS.get(path.relative_to(LIB_ROOT).as_posix(), set())
         problems += [f"{path}: tier {'2' if package in TIER2_PACKAGES else '1'} imports {r}" for r in roots - allowed]
         if package not in TIER2_PACKAGES and any(n.startswith("PETDosePaintingLib.mrml") for n in imported):
             problems.append(f"{path}: tier 1 imports the MRML bridge")
+    assert not problems, "\n".join(problems)
+
+
+def test_layers_point_downwards():
+    """cli uses pipeline and the tiers; pipeline never uses cli (a batch run or the demo must not need argparse
+    front-ends); nothing below the top layer uses either."""
+    problems = []
+    for path in LIB_ROOT.rglob("*.py"):
+        package = path.relative_to(LIB_ROOT).parts[0]
+        imported, _ = _imports_and_attributes(path)
+        above = {"cli"} if package == "pipeline" else set() if package == "cli" else {"cli", "pipeline"}
+        problems += [f"{path}: imports {n}" for n in imported
+                     if any(n.startswith(f"PETDosePaintingLib.{layer}") for layer in above)]
     assert not problems, "\n".join(problems)

@@ -6,7 +6,8 @@
 4. measure each method against the truth (Dice, sensitivity, PPV, volume error, HD95, MSD) and
    quantify the flagship's GTV (SUVmax, SUVpeak, SUVmean, MTV, TLG);
 5. write ``accuracy.csv``, ``summary.json`` and the Slicer scene ``demo.mrb`` holding every image, the
-   truth segmentations and all method masks.
+   truth segmentations and all method masks;
+6. write the HTML report ``report.html`` of the folder (:mod:`.report`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from ..segmentation.quantify import quantify_gtv
 from ..segmentation.registry import get_method, method_names, run_method
 from .demo_dosepainting import DosePaintingStage, run_dose_painting
 from .outputs import prepare_output_dir
+from .report import write_report
 
 #: The method whose GTV the summary reports as "the" GTV (the project's flagship).
 HEADLINE_METHOD = "gradient"
@@ -108,13 +110,25 @@ def run_demo(out_dir: str | Path, quick: bool = False, log: Callable[[str], None
                                           log=lambda m: log(f"  {m.strip()}"))
         files.update(dose_painting.files)
 
+    planning = None  # issue 9: uniform 70 Gy vs painted 70-86 Gy with pyRadPlan (the optional [planning] extra)
+    if dose_painting is not None and "RX_FDG_DPBN_Gy" in dose_painting.volumes:
+        from .demo_planning import run_demo_planning
+
+        planning = run_demo_planning(patient, ct, dose_painting.volumes["RX_FDG_DPBN_Gy"], headline.mask, out=out,
+                                     quick=quick, log=log)
+        files.update(planning.files)
+
     log("writing the Slicer scene (every image, truth segmentations, method masks, prescriptions)")
     files["scene"] = _write_scene(out / "demo.mrb", patient, pet, results, rows, extra=dose_painting)
     summary = _summary(patient, quick=quick, suv=suv, dicom_error=dicom_error, fwhm=fwhm, headline=headline,
                        quantification=quantification, rows=rows, files=files, out=out, started=started)
     if dose_painting is not None:
         summary["dose_painting"] = dose_painting.summary
+    if planning is not None:
+        summary["planning"] = planning.summary
     files["summary"] = write_json(summary, out / "summary.json")
+    log("writing the HTML report (report.html, next to summary.json)")
+    files["report"] = write_report(out, title="PETDosePainting demo").html
     result.files, result.summary = files, summary
     return result
 

@@ -31,7 +31,8 @@ _LABELS = {"dice": "Dice", "jaccard": "Jaccard", "hd_mm": "Hausdorff distance (m
            "hd95_mm": "HD95 (mm)", "msd_mm": "Mean surface distance (mm)", "centroid_shift_mm": "Centroid shift (mm)"}
 
 
-def _new_figure(size: tuple[float, float] = FIGURE_SIZE_IN):
+def new_figure(size: tuple[float, float] = FIGURE_SIZE_IN):
+    """A matplotlib Figure of ``size`` inches at :data:`DPI` on its own Agg canvas (no pyplot, no window)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -40,7 +41,8 @@ def _new_figure(size: tuple[float, float] = FIGURE_SIZE_IN):
     return figure
 
 
-def _png_bytes(figure) -> bytes:
+def png_bytes(figure) -> bytes:
+    """The figure as PNG bytes at :data:`DPI`, without software metadata (deterministic files)."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI, metadata={"Software": None})
     return buffer.getvalue()
@@ -70,7 +72,7 @@ def render_volume_over_time(
             raise InputError(f"structure {name!r}: times and volumes must be finite and volumes >= 0 mL")
         checked[name] = array[np.argsort(array[:, 0], kind="stable")]
     with style.context("default"):
-        figure = _new_figure()
+        figure = new_figure()
         axes = figure.add_subplot()
         for name, array in checked.items():
             axes.plot(array[:, 0], array[:, 1], marker="o", label=name)
@@ -81,7 +83,7 @@ def render_volume_over_time(
         axes.grid(True, alpha=0.3)
         axes.legend(loc="best")
         figure.tight_layout()
-        return _png_bytes(figure)
+        return png_bytes(figure)
 
 
 def render_matrix_heatmap(
@@ -109,7 +111,7 @@ def render_matrix_heatmap(
         vmin, vmax = 0.0, float(finite.max()) if finite.size and finite.max() > 0 else 1.0
     size = (max(4.8, 1.2 + 0.9 * n), max(4.0, 1.0 + 0.8 * n))
     with style.context("default"):
-        figure = _new_figure(size)
+        figure = new_figure(size)
         axes = figure.add_subplot()
         masked = np.ma.masked_invalid(values)
         from matplotlib import colormaps
@@ -127,7 +129,7 @@ def render_matrix_heatmap(
         figure.colorbar(image, ax=axes, label=_LABELS.get(metric, metric))
         axes.set_title(title or f"Pairwise {_LABELS.get(metric, metric)}")
         figure.tight_layout()
-        return _png_bytes(figure)
+        return png_bytes(figure)
 
 
 def write_png(data: bytes, path: str | Path) -> Path:
