@@ -22,7 +22,7 @@ from ..errors import PETDPError
 #: Sub-command modules, in the order ``petdp --help`` lists them.
 COMMAND_MODULES = (
     "demo", "phantom", "suv", "segment", "evaluate", "calibrate", "compare", "adc", "prescribe", "hypoxia",
-    "evaluate_plan", "dvh", "convert_rtstruct", "batch", "report", "plan",
+    "evaluate_plan", "dvh", "convert_rtstruct", "batch", "report", "plan", "register", "accumulate",
 )
 
 

@@ -153,6 +153,27 @@ def make_grid(
     return image
 
 
+def sampling_grid(reference: sitk.Image, spacing_mm: float | None = None) -> sitk.Image:
+    """An empty (uint8) grid over ``reference``'s field of view: its own grid, or isotropic ``spacing_mm`` voxels.
+
+    The coarse grid has the reference's direction and outer corners (size ``max(2, round(extent / spacing))``
+    per axis), so it covers the same volume; used to sample transforms and Jacobians cheaply.
+    """
+    if spacing_mm is None:
+        grid = sitk.Image(reference.GetSize(), sitk.sitkUInt8)
+        grid.CopyInformation(reference)
+        return grid
+    spacing = float(spacing_mm)
+    if not np.isfinite(spacing) or spacing <= 0:
+        raise InputError(f"spacing_mm must be positive, got {spacing_mm!r}")
+    extent = np.asarray(reference.GetSize()) * np.asarray(reference.GetSpacing())
+    size = [max(2, int(np.rint(e / spacing))) for e in extent]
+    direction = np.reshape(reference.GetDirection(), (3, 3))
+    corner = np.asarray(reference.TransformContinuousIndexToPhysicalPoint([-0.5, -0.5, -0.5]))
+    return make_grid(size, [spacing] * 3, corner + direction @ np.full(3, spacing / 2.0), reference.GetDirection(),
+                     sitk.sitkUInt8)
+
+
 def same_geometry(a: sitk.Image, b: sitk.Image, tolerance_mm: float = 1e-4) -> bool:
     """True when both images have the same size and, within ``tolerance_mm``, the same voxel centres."""
     if tuple(a.GetSize()) != tuple(b.GetSize()):

@@ -21,7 +21,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ..errors import InputError
-from ..imaging.image import physical_grid
+from ..imaging.image import physical_grid, sampling_grid
 from .scene import get_scene
 from .volumes import LPS_TO_RAS
 
@@ -100,28 +100,50 @@ def _vtk_grid_transform(field: sitk.Image):
     return grid_transform
 
 
-def sitk_transform_from_node(node, reference: sitk.Image | None = None) -> sitk.Transform:
-    """The SimpleITK transform (LPS, fixed = world -> moving = node's children) of a transform node.
+def sitk_transform_from_node(node, reference: sitk.Image | None = None, *,
+                             spacing_mm: float | None = None) -> sitk.Transform:
+    """The SimpleITK transform (LPS, fixed = world -> moving = the node's children) of a transform node.
 
-    Includes the node's own parents. Linear chains give an :class:`sitk.AffineTransform`; a single grid
-    transform node gives its own displacement field; anything else non-linear is sampled as a
-    displacement field on ``reference`` (required then).
+    Parameters
+    ----------
+    node : a ``vtkMRMLTransformNode`` from any source (linear, grid, B-spline or composite; its parents
+        included), e.g. the output of Slicer's General Registration (BRAINS) or Elastix modules.
+    reference : the fixed image (a grid in world space) on which a non-linear transform is sampled as a
+        displacement field; not needed for linear chains and for a single grid node stored as ``FromParent``
+        (its own field is converted exactly).
+    spacing_mm : sample on an isotropic grid of this spacing over the reference's field of view (speed,
+        memory; :func:`~..imaging.image.sampling_grid`) instead of the reference's own grid.
+
+    Linear chains give an :class:`sitk.AffineTransform`. Raises :class:`InputError` for a missing node or a
+    non-linear transform without a reference.
     """
-    matrix = vtk.vtkMatrix4x4()
-    if slicer.vtkMRMLTransformNode.GetMatrixTransformBetweenNodes(None, node, matrix):
-        # world -> node-local, i.e. fixed -> moving, in RAS
+    if node is None or not node.IsA("vtkMRMLTransformNode"):
+        raise InputError("expected a transform node")
+    if node.IsTransformToWorldLinear():  # asked first: VTK logs an error when a non-linear node is asked for a matrix
+        matrix = vtk.vtkMatrix4x4()
+        node.GetMatrixTransformFromWorld(matrix)  # world -> node-local = fixed -> moving, RAS
         lps = _FLIP4 @ slicer.util.arrayFromVTKMatrix(matrix) @ _FLIP4
         affine = sitk.AffineTransform(3)
         affine.SetMatrix(lps[:3, :3].ravel().tolist())
         affine.SetTranslation(lps[:3, 3].tolist())
         return affine
-    from_parent = node.GetTransformFromParent()
-    if (reference is None and node.GetParentTransformNode() is None
-            and from_parent is not None and from_parent.IsA("vtkOrientedGridTransform")):
-        return sitk.DisplacementFieldTransform(_field_from_vtk_grid(from_parent))
+    if spacing_mm is None and _is_plain_from_parent_grid(node):
+        return sitk.DisplacementFieldTransform(_field_from_vtk_grid(node.GetTransformFromParent()))
     if reference is None:
-        raise InputError(f"transform {node.GetName()!r} is non-linear; give a reference grid to sample it on")
-    return sitk.DisplacementFieldTransform(_sample_field(node, reference))
+        raise InputError(f"transform {node.GetName()!r} is non-linear; give the fixed volume (reference grid) to "
+                         "sample it on")
+    return sitk.DisplacementFieldTransform(_sample_field(node, sampling_grid(reference, spacing_mm)))
+
+
+def _is_plain_from_parent_grid(node) -> bool:
+    """A single grid node whose displacement grid is its ``FromParent`` (not an inverse of a ``ToParent`` grid)."""
+    if node.GetParentTransformNode() is not None:
+        return False
+    from_parent = node.GetTransformFromParent()
+    if from_parent is None or not from_parent.IsA("vtkOrientedGridTransform"):
+        return False
+    from_parent.Update()
+    return not from_parent.GetInverseFlag() and from_parent.GetDisplacementGrid() is not None
 
 
 def _field_from_vtk_grid(grid_transform) -> sitk.Image:
@@ -139,20 +161,19 @@ def _field_from_vtk_grid(grid_transform) -> sitk.Image:
     return field
 
 
-def _sample_field(node, reference: sitk.Image) -> sitk.Image:
-    x, y, z = physical_grid(reference)
+def _sample_field(node, grid: sitk.Image) -> sitk.Image:
+    """Displacement field (LPS, float64 vectors on ``grid``) of the node's world -> local transform."""
+    x, y, z = physical_grid(grid)
     points_lps = np.stack([x.ravel(), y.ravel(), z.ravel()], axis=1)
-    points_ras = points_lps @ LPS_TO_RAS
     general = vtk.vtkGeneralTransform()
-    slicer.vtkMRMLTransformNode.GetTransformBetweenNodes(None, node, general)
+    node.GetTransformFromWorld(general)
     source = vtk.vtkPoints()
-    source.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points_ras), deep=True))
+    source.SetData(numpy_support.numpy_to_vtk(np.ascontiguousarray(points_lps @ LPS_TO_RAS), deep=True))
     target = vtk.vtkPoints()
     general.TransformPoints(source, target)
     moved_lps = numpy_support.vtk_to_numpy(target.GetData()) @ LPS_TO_RAS
-    vectors = (moved_lps - points_lps).reshape(*x.shape, 3)
-    field = sitk.GetImageFromArray(vectors, isVector=True)
-    field.CopyInformation(reference)
+    field = sitk.GetImageFromArray((moved_lps - points_lps).reshape(*x.shape, 3), isVector=True)
+    field.CopyInformation(grid)
     return field
 
 

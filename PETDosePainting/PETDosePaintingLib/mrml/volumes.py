@@ -110,17 +110,24 @@ def node_ijk_to_world_ras(node) -> np.ndarray:
     return matrix
 
 
-def image_from_volume_node(node) -> sitk.Image:
+def image_from_volume_node(node, *, world: bool = True) -> sitk.Image:
     """A SimpleITK image (LPS) with the voxels and world geometry of a scalar volume node.
 
     Linear parent transforms are folded into the geometry (no resampling); a non-linear parent
-    transform is refused. The ``PETDosePainting.Units`` attribute becomes the image's units.
+    transform is refused. With ``world=False`` the node's *local* geometry is kept (parent transforms
+    ignored, e.g. a dose to be warped through its own hierarchy). The ``PETDosePainting.Units`` attribute
+    becomes the image's units (a labelmap: label; a dose volume: Gy).
     """
     if node is None or not node.IsA("vtkMRMLScalarVolumeNode"):
         raise InputError("expected a scalar (or labelmap) volume node")
     if node.GetImageData() is None:
         raise InputError(f"volume {node.GetName()!r} holds no image data")
-    matrix = node_ijk_to_world_ras(node)
+    if world:
+        matrix = node_ijk_to_world_ras(node)
+    else:
+        local = vtk.vtkMatrix4x4()
+        node.GetIJKToRASMatrix(local)
+        matrix = slicer.util.arrayFromVTKMatrix(local)
     matrix[:3, :] = LPS_TO_RAS @ matrix[:3, :]  # now IJK -> LPS
     spacing = np.linalg.norm(matrix[:3, :3], axis=0)
     direction = matrix[:3, :3] / spacing[None, :]
