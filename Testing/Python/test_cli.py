@@ -30,9 +30,22 @@ def test_usage_error_exits_2(capsys):
     assert main([]) == 2
 
 
-def test_quick_demo_writes_scene_summary_and_accuracy(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    """One quick demo run shared by the tests below (it takes about half a minute): its folder and its log."""
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("quick_demo") / "demo"
+    log = io.StringIO()
+    with contextlib.redirect_stdout(log):
+        code = main(["demo", "--quick", "--out", str(out)])
+    assert code == 0
+    return out, log.getvalue()
+
+
+def test_quick_demo_writes_scene_summary_and_accuracy(quick_demo):
+    out, printed = quick_demo
     summary = json.loads((out / "summary.json").read_text())
     assert (out / "demo.mrb").stat().st_size > 1000
     for rel in summary["files"].values():
@@ -52,17 +65,23 @@ def test_quick_demo_writes_scene_summary_and_accuracy(tmp_path, capsys):
 
     assert [r["method"] for r in rows] == method_names()  # every method ran (answered or said why not)
     assert all(r["status"] == "ok" or r["note"] for r in rows)
-    assert "demo.mrb" in capsys.readouterr().out
-    # A second run into its own previous output is allowed.
+    assert "demo.mrb" in printed
+
+
+def test_demo_reruns_into_its_own_output(quick_demo, tmp_path):
+    import shutil
+
+    out = tmp_path / "demo"
+    shutil.copytree(quick_demo[0], out)
     assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert json.loads((out / "summary.json").read_text())["gtv"]["method"] == "gradient"
 
 
-def test_demo_scene_holds_images_truth_and_method_masks(tmp_path):
+def test_demo_scene_holds_images_truth_and_method_masks(quick_demo):
     from PETDosePaintingLib.mrml.scene import load_scene_mrb, node_by_name, nodes_by_class
     from PETDosePaintingLib.mrml.segmentations import segment_names
 
-    out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    out = quick_demo[0]
     scene = load_scene_mrb(out / "demo.mrb")
     volumes = {n.GetName() for n in nodes_by_class(scene, "vtkMRMLScalarVolumeNode")}
     for tp in ("baseline", "fx7", "fx17"):
@@ -92,6 +111,59 @@ def test_demo_scene_holds_images_truth_and_method_masks(tmp_path):
     ct = read_dicom_series(out / "patient" / "baseline" / "dicom" / "CT").image
     rois = read_rtstruct(rt / "RS_DOSE_PAINTING.dcm", ct)
     assert {lv["name"] for lv in levels} <= set(rois) and "BTV_HYPOXIC" in rois
+
+
+def test_demo_compares_modalities_tracks_timepoints_and_accumulates(quick_demo):
+    """Issue 6 in the demo: GTV_CT / GTV_MRI / GTV_PET against the truth and each other, the three sessions,
+    and the phase prescriptions summed on the baseline; checked against the digital patient's construction."""
+    out = quick_demo[0]
+    summary = json.loads((out / "summary.json").read_text())["comparison"]
+    modalities = summary["modalities"]
+    # The MR was placed 3 deg / 5 mm off the CT; the rigid registration recovers it near the tumour.
+    assert modalities["mr_registration"]["error_vs_truth_mm"]["max"] < 1.0
+    vs_truth = modalities["vs_truth"]
+    assert set(vs_truth) == {"GTV_CT", "GTV_MRI", "GTV_PET"}
+    assert vs_truth["GTV_PET"]["dice"] > 0.85 and min(v["dice"] for v in vs_truth.values()) > 0.7
+    with (out / "comparison" / "gtv_volumes.csv").open() as handle:
+        table = {r["structure"]: r for r in csv.DictReader(handle)}
+    assert {"GTV_CT", "GTV_MRI", "GTV_PET", "GTV_truth"} <= set(table)
+    inter = next(v for k, v in table.items() if k.startswith("intersection("))
+    union = next(v for k, v in table.items() if k.startswith("union("))
+    volumes = [float(table[n]["volume_ml"]) for n in ("GTV_CT", "GTV_MRI", "GTV_PET")]
+    assert float(inter["volume_ml"]) <= min(volumes) + 0.5 and float(union["volume_ml"]) >= max(volumes) - 0.5
+    # Three sessions; each step's registration chain lands within a PET voxel (4 mm here) of the simulated field.
+    course = summary["timepoints"]["course"]
+    assert [r["fraction"] for r in course] == [0, 7, 17]
+    for step in summary["timepoints"]["registrations"].values():
+        assert step["chain_from_baseline_error_mm"]["mean"] < 4.0 and step["jacobian"]["verdict"] != "fail"
+    for name, change in summary["timepoints"]["changes"].items():
+        current = next(r for r in course if r["timepoint"] == name)["gtv_pet_ml"]
+        assert change["persistent_ml"] + change["newborn_ml"] + change["tolerated_current_ml"] == pytest.approx(
+            current, abs=1e-6)
+    # Accumulated: 7 + 10 + 18 fractions of maps within 70-86 Gy; EQD2 (a/b 10) exceeds physical at > 2 Gy/fx.
+    dose = summary["accumulation"]
+    assert [p["fractions"] for p in dose["phases"]] == [7, 10, 18]
+    goal = dose["vs_baseline_goal"]
+    assert goal["mean_in_truth_gtv_gy"] == pytest.approx(goal["goal_mean_in_truth_gtv_gy"], rel=0.08)
+    assert dose["physical"]["max_gy"] <= 86.0 + 1e-3
+    assert dose["eqd2"]["mean_gy_in_coverage"] > dose["physical"]["mean_gy_in_coverage"]
+    for name in ("dice_matrix.png", "gtv_course.png", "overlap_matrix.csv", "gtv_course.csv",
+                 "accumulated_physical_Gy.nrrd", "remaining_fx18-35_Gy.nrrd", "T_baseline_to_fx7_bspline.h5"):
+        assert (out / "comparison" / name).is_file()
+    from PETDosePaintingLib.mrml.scene import load_scene_mrb, node_by_name, nodes_by_class
+    from PETDosePaintingLib.mrml.segmentations import segment_names
+
+    scene = load_scene_mrb(out / "demo.mrb")
+    tables = {n.GetName() for n in nodes_by_class(scene, "vtkMRMLTableNode")}
+    assert {"GTV volumes (Table 2)", "GTV overlap (Dice)", "GTV course", "Dose accumulation"} <= tables
+    transforms = {n.GetName() for n in nodes_by_class(scene, "vtkMRMLTransformNode")}
+    assert {"T_CT_to_MR_rigid", "T_baseline_to_fx7_bspline", "T_fx7_to_fx17_bspline"} <= transforms
+    segments = segment_names(node_by_name(scene, "baseline_GTV_modalities", "vtkMRMLSegmentationNode"))
+    assert {"GTV_CT", "GTV_MRI", "GTV_PET", "GTV_truth"} <= set(segments)
+    assert {"persistent", "newborn", "resolved"} <= set(
+        segment_names(node_by_name(scene, "fx17_GTV_changes", "vtkMRMLSegmentationNode")))
+    node = node_by_name(scene, "DOSE_accumulated_physical_Gy", "vtkMRMLScalarVolumeNode")
+    assert node.GetAttribute("DicomRtImport.DoseVolume") == "1"
 
 
 def test_demo_refuses_an_unrelated_non_empty_folder(tmp_path, capsys):

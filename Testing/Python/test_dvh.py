@@ -241,12 +241,14 @@ def dicompyler():
 
 
 @pytest.fixture(scope="module")
-def example_data(request):
+def example_data(request, tmp_path_factory):
     """Public example RT Dose + RT Structure Set (one breast plan) from dicompyler-core's source distribution
     (tests/testdata/example_data): ``PETDP_DICOMPYLER_SDIST`` (a .tar.gz or its extracted folder), else the
     sdist fetched once with ``pip download`` into the pytest cache."""
     given = os.environ.get("PETDP_DICOMPYLER_SDIST")
-    cache = Path(request.config.cache.mkdir("dicompyler-core-sdist"))
+    cache_plugin = getattr(request.config, "cache", None)  # absent under ``-p no:cacheprovider``
+    cache = (Path(cache_plugin.mkdir("dicompyler-core-sdist")) if cache_plugin is not None
+             else tmp_path_factory.mktemp("dicompyler-core-sdist"))
     if given:
         source = Path(given)
     else:

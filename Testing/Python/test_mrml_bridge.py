@@ -195,3 +195,21 @@ def test_segment_import_and_export_leave_no_nodes_behind(core_scene):
         set_segment_from_mask(seg, mask, "GTV")
         mask_from_segment(seg, "GTV", grid)
     assert core_scene.GetNumberOfNodes() == before
+
+
+def test_a_node_holding_a_grid_is_updated_with_a_linear_transform(core_scene):
+    """Updating a grid transform node with a linear result must replace its content (VTK refuses a matrix on a
+    non-linear node and only logs it, which used to leave the old field in place)."""
+    grid = sitk.Image([8, 8, 8], sitk.sitkVectorFloat64)
+    grid.SetSpacing((4.0, 4.0, 4.0))
+    grid.SetOrigin((-14.0, -14.0, -14.0))
+    field = sitk.GetArrayFromImage(grid)
+    field[..., 0] = 2.0  # a 2 mm shift in L
+    vectors = sitk.GetImageFromArray(field, isVector=True)
+    vectors.CopyInformation(grid)
+    node = transform_node_from_sitk(sitk.DisplacementFieldTransform(vectors), "T", core_scene)
+    shift = sitk.TranslationTransform(3, (0.0, 5.0, 0.0))
+    assert transform_node_from_sitk(shift, scene=core_scene, node=node) is node
+    back = sitk_transform_from_node(node)
+    assert back.IsLinear()
+    assert np.allclose(back.TransformPoint((1.0, 2.0, 3.0)), (1.0, 7.0, 3.0))

@@ -56,10 +56,15 @@ def transform_node_from_sitk(
     sampled on its grid as a displacement field.
     """
     if transform.IsLinear():
-        matrix_ras = _FLIP4 @ affine_matrix_lps(transform) @ _FLIP4
+        matrix_ras = slicer.util.vtkMatrixFromArray(_FLIP4 @ affine_matrix_lps(transform) @ _FLIP4)
         if node is None:
             node = get_scene(scene).AddNewNodeByClass("vtkMRMLLinearTransformNode", name)
-        node.SetMatrixTransformFromParent(slicer.util.vtkMatrixFromArray(matrix_ras))
+        if node.IsA("vtkMRMLLinearTransformNode") and node.IsLinear():
+            node.SetMatrixTransformFromParent(matrix_ras)
+        else:  # a grid node, or one holding a non-linear transform: VTK would refuse the matrix (only logging it)
+            linear = vtk.vtkTransform()
+            linear.SetMatrix(matrix_ras)
+            node.SetAndObserveTransformFromParent(linear)
         return node
     field = _as_displacement_field(transform, reference)
     if node is None:

@@ -16,7 +16,7 @@ import csv
 import datetime as _dt
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from ..phantom.patient_io import write_patient
 from ..segmentation.common import SegmentationResult
 from ..segmentation.quantify import quantify_gtv
 from ..segmentation.registry import get_method, method_names, run_method
+from .demo_comparison import ComparisonStage, run_comparison
 from .demo_dosepainting import DosePaintingStage, run_dose_painting
 from .outputs import prepare_output_dir
 from .report import write_report
@@ -110,6 +111,13 @@ def run_demo(out_dir: str | Path, quick: bool = False, log: Callable[[str], None
                                           log=lambda m: log(f"  {m.strip()}"))
         files.update(dose_painting.files)
 
+    comparison = None  # issue 6: GTV_CT / GTV_MRI / GTV_PET, three timepoints, accumulated phase prescriptions
+    if dose_painting is not None and "RX_FDG_DPBN_Gy" in dose_painting.volumes:
+        log("comparing GTVs across modalities and timepoints; accumulating the phase prescriptions")
+        comparison = run_comparison(patient, ct, headline.mask, dose_painting.volumes["RX_FDG_DPBN_Gy"], out=out,
+                                    quick=quick, log=log)
+        files.update(comparison.files)
+
     planning = None  # issue 9: uniform 70 Gy vs painted 70-86 Gy with pyRadPlan (the optional [planning] extra)
     if dose_painting is not None and "RX_FDG_DPBN_Gy" in dose_painting.volumes:
         from .demo_planning import run_demo_planning
@@ -119,11 +127,14 @@ def run_demo(out_dir: str | Path, quick: bool = False, log: Callable[[str], None
         files.update(planning.files)
 
     log("writing the Slicer scene (every image, truth segmentations, method masks, prescriptions)")
-    files["scene"] = _write_scene(out / "demo.mrb", patient, pet, results, rows, extra=dose_painting)
+    files["scene"] = _write_scene(out / "demo.mrb", patient, pet, results, rows,
+                                  extras=[s for s in (dose_painting, comparison) if s is not None])
     summary = _summary(patient, quick=quick, suv=suv, dicom_error=dicom_error, fwhm=fwhm, headline=headline,
                        quantification=quantification, rows=rows, files=files, out=out, started=started)
     if dose_painting is not None:
         summary["dose_painting"] = dose_painting.summary
+    if comparison is not None:
+        summary["comparison"] = comparison.summary
     if planning is not None:
         summary["planning"] = planning.summary
     files["summary"] = write_json(summary, out / "summary.json")
@@ -171,7 +182,7 @@ def _csv(rows: list[dict[str, Any]]) -> str:
 
 def _write_scene(path: Path, patient: DigitalPatient, pet_from_dicom: sitk.Image,
                  results: dict[str, SegmentationResult], rows: list[dict[str, Any]], *,
-                 extra: DosePaintingStage | None = None) -> Path:
+                 extras: Sequence[DosePaintingStage | ComparisonStage] = ()) -> Path:
     from ..mrml.bundle import write_scene_bundle
 
     volumes: dict[str, sitk.Image] = {}
@@ -192,10 +203,14 @@ def _write_scene(path: Path, patient: DigitalPatient, pet_from_dicom: sitk.Image
     segmentations["baseline_GTV_methods"] = (pet_from_dicom, masks)
     table = {c: [("" if r.get(c) is None else r[c]) for r in rows] for c in ("method", "status", "volume_ml", "dice",
                                                                              "sensitivity", "ppv", "hd95_mm")}
-    if extra is not None:  # prescriptions in Gy are tagged as dose for SlicerRT by the bridge
+    tables = {"GTV method accuracy": table}
+    transforms: dict[str, tuple[sitk.Transform, sitk.Image | None]] = {}
+    for extra in extras:  # prescriptions and doses in Gy are tagged as dose for SlicerRT by the bridge
         volumes.update(extra.volumes)
         segmentations.update(extra.segmentations)
-    return write_scene_bundle(path, volumes, segmentations, {"GTV method accuracy": table})
+        tables.update(getattr(extra, "tables", {}))
+        transforms.update(getattr(extra, "transforms", {}))
+    return write_scene_bundle(path, volumes, segmentations, tables, transforms)
 
 
 def _summary(patient: DigitalPatient, *, quick: bool, suv, dicom_error: float, fwhm: float,
