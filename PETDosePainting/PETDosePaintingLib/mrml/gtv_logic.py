@@ -52,7 +52,7 @@ from ..segmentation.consensus import RULES, combine_masks, consensus_seed_compon
 from ..segmentation.quantify import GTVQuantification, quantify_result
 from ..segmentation.registry import METHODS, get_method, run_method
 from .segmentations import mask_from_segment, new_segmentation_node, segment_names, set_segment_from_mask
-from .tables import columns_from_rows, table_from_columns, table_to_columns
+from .tables import columns_from_rows, table_from_columns, table_to_columns, upsert_table_rows
 from .volumes import UNITS_ATTRIBUTE, image_from_volume_node, node_ijk_to_world_ras, ras_to_lps_point
 
 #: Colours given to method results, cycled in order (RGB 0..1).
@@ -833,14 +833,8 @@ def _replace_table(table_node, rows, columns, name, scene):
 
 def _upsert_rows(table_node, rows, columns, *, key, name, scene):
     """Add ``rows`` to a table with ``columns``, replacing rows with the same ``key`` values."""
-    existing: list[dict[str, Any]] = []
-    if table_node is not None and table_node.GetTable().GetNumberOfColumns():
-        old = table_to_columns(table_node)
-        if list(old) == list(columns):
-            existing = [dict(zip(columns, values, strict=True)) for values in zip(*old.values(), strict=True)]
-    keys = {tuple(row[c] for c in key) for row in rows}
-    kept = [row for row in existing if tuple(row[c] for c in key) not in keys]
-    return _replace_table(table_node, kept + list(rows), columns, name, scene)
+    return upsert_table_rows(table_node, rows, columns, key=key, name=name, scene=scene, units=_COLUMN_UNITS,
+                             descriptions=_COLUMN_DESCRIPTIONS)
 
 
 # ------------------------------------------------------------------------------------------ hygiene

@@ -88,7 +88,7 @@ from ..imaging.rtdose import write_rtdose
 from ..imaging.rtstruct import safe_file_name, write_rtstruct
 from .gtv_logic import OperationCancelled
 from .segmentations import mask_from_segment, new_segmentation_node, segment_names, set_segment_from_mask
-from .tables import columns_from_rows, table_from_columns, table_to_columns
+from .tables import table_from_columns, upsert_table_rows
 from .volumes import (
     DOSE_UNIT_NAME_ATTRIBUTE,
     DOSE_VOLUME_ATTRIBUTE,
@@ -324,7 +324,7 @@ def hypoxic_volume_node(
            "HF": metrics.hf, "target_volume_ml": metrics.target_volume_ml, "TMRmax": metrics.tmr_max,
            "TMRpeak": metrics.tmr_peak, "TMRmean": metrics.tmr_mean, "boost_segment": boost_segment_name or "",
            "boost_volume_ml": math.nan if boost_ml is None else boost_ml}
-    table_node = upsert_table_rows(table_node, [row], HYPOXIA_COLUMNS, key=("ratio_volume", "target", "segment"),
+    table_node = _upsert(table_node, [row], HYPOXIA_COLUMNS, key=("ratio_volume", "target", "segment"),
                                    name="Hypoxia", scene=scene)
     return NodeHypoxicVolume(segmentation_node, name, sid, metrics, boost_segment_name or None, boost, boost_ml,
                              table_node, notes)
@@ -529,7 +529,7 @@ def prescribe_node(
     node.SetAndObserveNodeReferenceID(LEVEL_SEGMENTATION_REFERENCE, level_segmentation.GetID())
     row = _prescription_row(name, mode, pet_node.GetName(), target_segment, grid_name, result=result,
                             levels=levels, rois=rois)
-    table_node = upsert_table_rows(table_node, [row], PRESCRIPTION_COLUMNS, key=("prescription",),
+    table_node = _upsert(table_node, [row], PRESCRIPTION_COLUMNS, key=("prescription",),
                                    name="Prescriptions", scene=scene)
     return NodePrescription(node, mode, result, levels, level_segmentation, list(rois), rois,
                             continuous if mode == "levels" else None, table_node, notes)
@@ -915,7 +915,7 @@ def evaluate_plan_node(
            "TCP_planned": evaluation.tcp_planned.tcp, "TCP_prescribed": evaluation.tcp_prescribed.tcp,
            "EUD_planned_Gy": evaluation.eud_planned_gy, "EUD_prescribed_Gy": evaluation.eud_prescribed_gy,
            "resampled": "linear" if resampled else "no"}
-    table_node = upsert_table_rows(table_node, [row], EVALUATION_COLUMNS,
+    table_node = _upsert(table_node, [row], EVALUATION_COLUMNS,
                                    key=("prescription", "plan", "evaluation_volume"), name="Plan evaluation",
                                    scene=scene)
     qf_map = qf_map_node
@@ -962,22 +962,9 @@ def qvh_plot(qvh_table_node, series_name: str, chart_node=None, *, colour: Seque
 # ------------------------------------------------------------------------------------------ tables
 
 
-def upsert_table_rows(table_node, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
-                      key: Sequence[str], name: str, scene):
-    """Add ``rows`` to a table with ``columns`` (a new table ``name`` if ``None``), replacing rows with equal keys.
-
-    A table whose columns differ (e.g. another kind of table chosen by mistake) is refilled from scratch.
-    """
-    existing: list[dict[str, Any]] = []
-    if table_node is not None and table_node.GetTable().GetNumberOfColumns():
-        old = table_to_columns(table_node)
-        if list(old) == list(columns):
-            existing = [dict(zip(columns, values, strict=True)) for values in zip(*old.values(), strict=True)]
-    keys = {tuple(str(row[c]) for c in key) for row in rows}
-    kept = [row for row in existing if tuple(str(row[c]) for c in key) not in keys]
-    return table_from_columns(columns_from_rows(kept + list(rows), columns), name, table_node, scene,
-                              units={c: u for c, u in _COLUMN_UNITS.items() if u},
-                              descriptions=_COLUMN_DESCRIPTIONS)
+def _upsert(table_node, rows, columns, *, key, name, scene):
+    return upsert_table_rows(table_node, rows, columns, key=key, name=name, scene=scene,
+                             units={c: u for c, u in _COLUMN_UNITS.items() if u}, descriptions=_COLUMN_DESCRIPTIONS)
 
 
 # ------------------------------------------------------------------------------------------ panel helpers
@@ -1010,5 +997,4 @@ __all__ = [
     "prescription_description",
     "qvh_plot",
     "ratio_map_node",
-    "upsert_table_rows",
 ]

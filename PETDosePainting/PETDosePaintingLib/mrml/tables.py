@@ -65,3 +65,23 @@ def columns_from_rows(rows: Sequence[Mapping[str, Any]], columns: Sequence[str])
                       for v in values) and any(v is not None for v in values)
         out[column] = [(math.nan if v is None else v) if numeric else ("" if v is None else v) for v in values]
     return out
+
+
+def upsert_table_rows(table_node, rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *,
+                      key: Sequence[str], name: str, scene=None, units: Mapping[str, str] | None = None,
+                      descriptions: Mapping[str, str] | None = None):
+    """Add ``rows`` to a table with ``columns`` (a new table ``name`` if ``table_node`` is ``None``), replacing
+    the rows whose ``key`` columns hold the same values (compared as text).
+
+    A table whose columns differ (e.g. another kind of table chosen by mistake) is refilled from scratch.
+    ``units`` and ``descriptions`` as in :func:`table_from_columns`.
+    """
+    existing: list[dict[str, Any]] = []
+    if table_node is not None and table_node.GetTable().GetNumberOfColumns():
+        old = table_to_columns(table_node)
+        if list(old) == list(columns):
+            existing = [dict(zip(columns, values, strict=True)) for values in zip(*old.values(), strict=True)]
+    keys = {tuple(str(row[c]) for c in key) for row in rows}
+    kept = [row for row in existing if tuple(str(row[c]) for c in key) not in keys]
+    return table_from_columns(columns_from_rows(kept + list(rows), columns), name, table_node, scene,
+                              units=units, descriptions=descriptions)
