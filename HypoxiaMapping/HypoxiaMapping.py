@@ -72,7 +72,10 @@ SEGMENT_SELECTORS = {
     "boostSegmentSelector": ("boostSegmentation", "boostSegment"),
     "envelopeSegmentSelector": ("envelopeSegmentation", "envelopeSegment"),
     "evaluationSegmentSelector": ("evaluationSegmentation", "evaluationSegment"),
+    "planningTargetSegmentSelector": ("planningSegmentation", "planningTargetSegment"),
 }
+#: First item of the body selector: no External segment, the body is thresholded from the CT.
+BODY_FROM_CT = "(from the CT)"
 
 
 @parameterNodeWrapper
@@ -135,6 +138,26 @@ class HypoxiaMappingParameterNode:
     evaluationSegment: str = ""
     evaluationTable: vtkMRMLTableNode
     qvhChart: vtkMRMLPlotChartNode
+    # Inverse planning (pyRadPlan); defaults as the library's PlanningSettings (a test checks they agree)
+    planningCtVolume: vtkMRMLScalarVolumeNode
+    planningSegmentation: vtkMRMLSegmentationNode
+    planningTargetSegment: str = ""
+    planningMarginMm: Annotated[float, WithinRange(0.0, 30.0)] = 0.0
+    planningOars: str = ""  # checked organ-at-risk segment names, comma-separated
+    planningBodySegment: str = ""  # empty: the body from the CT
+    planningUniformDoseGy: Annotated[float, WithinRange(0.0, 200.0)] = 70.0
+    planningBeams: Annotated[int, WithinRange(1, 72)] = 7
+    planningBixelMm: Annotated[float, WithinRange(1.0, 30.0)] = 5.0
+    planningDoseGridMm: Annotated[float, WithinRange(1.0, 15.0)] = 4.0
+    planningObjective: Annotated[str, Choice(["squared", "relative", "band"])] = "squared"
+    planningParotidMeanGy: Annotated[float, WithinRange(0.0, 100.0)] = 26.0
+    planningCordMaxGy: Annotated[float, WithinRange(0.0, 100.0)] = 45.0
+    planningIterations: Annotated[int, WithinRange(10, 5000)] = 400
+    planningTable: vtkMRMLTableNode
+    paintedPlanDoseVolume: vtkMRMLScalarVolumeNode
+    uniformPlanDoseVolume: vtkMRMLScalarVolumeNode
+    planningDvhTable: vtkMRMLTableNode
+    planningDvhChart: vtkMRMLPlotChartNode
 
 
 def _chosenFolder(path):
@@ -174,6 +197,11 @@ class HypoxiaMappingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.prescribeButton.connect("clicked(bool)", self.onPrescribeButton)
         self.ui.exportButton.connect("clicked(bool)", self.onExportButton)
         self.ui.evaluateButton.connect("clicked(bool)", self.onEvaluateButton)
+        self.ui.planButton.connect("clicked(bool)", self.onPlanButton)
+        self.ui.planningOarList.connect("itemChanged(QListWidgetItem*)", self.onPlanningOarsChanged)
+        self.ui.planningBodyComboBox.connect("currentIndexChanged(int)", self.onPlanningBodyChanged)
+        self._planningAvailable, planningText = self.logic.planningStatus()
+        self.ui.planningStatusLabel.text = planningText
         self.initializeParameterNode()
 
     def onReload(self) -> None:
@@ -236,6 +264,7 @@ class HypoxiaMappingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.contourGroupBox.visible = p.mode in ("boost", "levels")
             self.ui.thresholdDefaultLabel.text = self._thresholdText(p)
             self.ui.hypoxicSegmentLineEdit.placeholderText = f"HV_{p.tracer.upper()}"
+            self._showPlanningSegments(p)
             self._updateButtons(p)
         finally:
             self._updatingGUI = False
@@ -291,9 +320,64 @@ class HypoxiaMappingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                         if self.ui.exportButton.enabled else
                                         _("Create a prescription, choose the planning CT series (folder, or a CT "
                                           "volume loaded from the DICOM database) and an output folder"))
+        self.ui.planButton.enabled = bool(self._planningAvailable and p.prescriptionVolume and p.planningCtVolume
+                                          and p.planningSegmentation and p.planningTargetSegment)
+        self.ui.planButton.toolTip = (
+            _("Optimise an IMRT fluence for the prescription (and the uniform plan), add the doses, the comparison "
+              "table and the DVH/QVH charts") if self.ui.planButton.enabled
+            else _("Install pyRadPlan (see above)") if not self._planningAvailable
+            else _("Create or select a prescription, select the planning CT and the target segment"))
         self.ui.evaluateButton.enabled = bool(p.prescriptionVolume and p.planDoseVolume)
         self.ui.evaluateButton.toolTip = (_("Compute QF, Q95, Q105 and the QVH") if self.ui.evaluateButton.enabled
                                           else _("Create or select a prescription and select a planned dose"))
+
+    def _showPlanningSegments(self, p) -> None:
+        """Fill the organ-at-risk list (every segment but the target, checked as ``planningOars``) and the body
+        selector from the planning segmentation."""
+        names = []
+        if p.planningSegmentation:
+            segmentation = p.planningSegmentation.GetSegmentation()
+            names = [segmentation.GetNthSegment(i).GetName() for i in range(segmentation.GetNumberOfSegments())]
+        checked = {n for n in p.planningOars.split(",") if n}
+        oarList = self.ui.planningOarList
+        wanted = [n for n in names if n != p.planningTargetSegment]
+        shown = [oarList.item(i).text() for i in range(oarList.count)]
+        oarList.blockSignals(True)
+        try:
+            if shown != wanted:
+                oarList.clear()
+                for name in wanted:
+                    item = qt.QListWidgetItem(name)
+                    item.setFlags(qt.Qt.ItemIsUserCheckable | qt.Qt.ItemIsEnabled)
+                    oarList.addItem(item)
+            for i in range(oarList.count):
+                item = oarList.item(i)
+                item.setCheckState(qt.Qt.Checked if item.text() in checked else qt.Qt.Unchecked)
+        finally:
+            oarList.blockSignals(False)
+        body = self.ui.planningBodyComboBox
+        items = [BODY_FROM_CT, *wanted]
+        body.blockSignals(True)
+        try:
+            if [body.itemText(i) for i in range(body.count)] != items:
+                body.clear()
+                body.addItems(items)
+            body.currentIndex = items.index(p.planningBodySegment) if p.planningBodySegment in items else 0
+        finally:
+            body.blockSignals(False)
+
+    def onPlanningOarsChanged(self, _item=None) -> None:
+        if self._updatingGUI or self._parameterNode is None:
+            return
+        oarList = self.ui.planningOarList
+        self._parameterNode.planningOars = ",".join(
+            oarList.item(i).text() for i in range(oarList.count) if oarList.item(i).checkState() == qt.Qt.Checked)
+
+    def onPlanningBodyChanged(self, index) -> None:
+        if self._updatingGUI or self._parameterNode is None:
+            return
+        text = self.ui.planningBodyComboBox.itemText(index) if index > 0 else ""
+        self._parameterNode.planningBodySegment = text
 
     # ------------------------------------------------------------------------------------------- actions
 
@@ -311,8 +395,12 @@ class HypoxiaMappingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         def progress(done, total, label):
             dialog.maximum = total
             dialog.value = done
-            dialog.labelText = _("{label}... ({step} of {total})").format(label=label.capitalize(), step=done + 1,
-                                                                         total=total)
+            if total >= 100:  # a fraction of the whole (planning)
+                dialog.labelText = _("{label} ({percent:.0f} %)").format(label=label[:1].upper() + label[1:],
+                                                                        percent=100.0 * done / total)
+            else:
+                dialog.labelText = _("{label}... ({step} of {total})").format(label=label.capitalize(),
+                                                                             step=done + 1, total=total)
             slicer.app.processEvents()
             return not dialog.wasCanceled
 
@@ -404,6 +492,35 @@ class HypoxiaMappingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.exportResultLabel.text = _("Wrote {files}\nStructures: {structures}\n{notes}").format(
                 files="\n".join(written), structures=", ".join(out.structures) or _("none"),
                 notes="\n".join(out.notes))
+
+    def onPlanButton(self) -> None:
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Inverse planning failed.")):
+            oars = [n for n in p.planningOars.split(",") if n and n != p.planningTargetSegment]
+            out = self._runWithProgress(_("Inverse planning"), lambda progress: self.logic.planPrescription(
+                p.prescriptionVolume, p.planningCtVolume, p.planningSegmentation, p.planningTargetSegment, oars,
+                bodySegment=p.planningBodySegment or None, targetMarginMm=p.planningMarginMm,
+                uniformDose=p.planningUniformDoseGy or None, beams=p.planningBeams, bixelMm=p.planningBixelMm,
+                doseGridMm=p.planningDoseGridMm, objective=p.planningObjective,
+                parotidMeanGy=p.planningParotidMeanGy or None, cordMaxGy=p.planningCordMaxGy or None,
+                iterations=p.planningIterations, paintedDoseNode=p.paintedPlanDoseVolume,
+                uniformDoseNode=p.uniformPlanDoseVolume, tableNode=p.planningTable, dvhTableNode=p.planningDvhTable,
+                dvhChartNode=p.planningDvhChart, qvhChartNode=p.qvhChart, progress=progress))
+            if out is None:
+                return
+            with slicer.util.NodeModify(p):
+                p.paintedPlanDoseVolume = out.painted_dose_node
+                p.uniformPlanDoseVolume = out.uniform_dose_node
+                p.planningTable = out.table_node
+                p.planningDvhTable = out.dvh_table_node
+                p.planningDvhChart = out.dvh_chart_node
+                p.qvhChart = out.qvh_chart_node
+                p.planDoseVolume = out.painted_dose_node  # ready for "Plan evaluation" below
+            self.ui.planningResultLabel.text = "\n".join(self.logic.planningSummary(out))
+            slicer.util.setSliceViewerLayers(background=p.planningCtVolume, foreground=out.painted_dose_node,
+                                             foregroundOpacity=0.5)
+            self.logic.showTable(out.table_node)
+            self.logic.showChart(out.dvh_chart_node)
 
     def onEvaluateButton(self) -> None:
         p = self._parameterNode
@@ -564,6 +681,53 @@ class HypoxiaMappingLogic(ScriptedLoadableModuleLogic):
         return evaluate_plan_node(prescriptionNode, planDoseNode, target, q_step=qStep, qvh_table_node=qvhTableNode,
                                   plot_chart_node=chartNode, table_node=tableNode, create_qf_map=createQfMap,
                                   progress=progress)
+
+    # ------------------------------------------------------------------------------------- inverse planning
+    @staticmethod
+    def planningStatus(importEngine=False):
+        """``(available, sentence)``: is the planning engine (pyRadPlan, the ``[planning]`` extra) installed here?
+        Without ``importEngine`` only its presence is checked (importing it takes seconds)."""
+        from PETDosePaintingLib.mrml.planning_logic import planning_status
+
+        return planning_status(import_engine=importEngine)
+
+    def planPrescription(self, prescriptionNode, ctNode, segmentationNode, targetSegment, oarSegments=(), *,
+                         bodySegment=None, targetMarginMm=0.0, uniformDose=70.0, beams=7, gantryAngles=None,
+                         bixelMm=5.0, doseGridMm=4.0, objective="squared", parotidMeanGy=26.0, cordMaxGy=45.0,
+                         iterations=400, paintedDoseNode=None, uniformDoseNode=None, tableNode=None,
+                         dvhTableNode=None, dvhChartNode=None, qvhChartNode=None, progress=None):
+        """Is the prescription deliverable? IMRT inverse planning with pyRadPlan (and a uniform plan to compare).
+
+        :param ctNode: planning CT (HU); every result is on its grid.
+        :param targetSegment: the PTV (or the GTV with ``targetMarginMm``) in ``segmentationNode``.
+        :param oarSegments: organ-at-risk segment names; parotids get ``parotidMeanGy`` (mean), the cord
+            ``cordMaxGy`` (max); ``None`` switches a limit off.
+        :param uniformDose: Gy of the uniform comparison plan (``None``: the map only).
+        :return: ``NodePlan`` (``result``, ``dose_nodes``, ``painted_dose_node``, ``uniform_dose_node``,
+            ``table_node``, ``dvh_table_node``, ``dvh_chart_node``, ``qvh_table_nodes``, ``qvh_chart_node``,
+            ``notes``). See Docs/HypoxiaMapping.md and ``PETDosePaintingLib.dosepainting.planning``.
+        """
+        from PETDosePaintingLib.dosepainting.planning import PlanningSettings
+        from PETDosePaintingLib.mrml.planning_logic import plan_prescription_node
+
+        settings = PlanningSettings(
+            gantry_angles_deg=tuple(gantryAngles) if gantryAngles else None, n_beams=int(beams),
+            bixel_width_mm=float(bixelMm), dose_grid_mm=float(doseGridMm), objective=objective,
+            parotid_mean_gy=parotidMeanGy, cord_max_gy=cordMaxGy, max_iterations=int(iterations))
+        logging.info(f"HypoxiaMapping: inverse planning of {prescriptionNode.GetName()} ({settings.n_beams} beams)")
+        return plan_prescription_node(
+            prescriptionNode, ctNode, segmentationNode, targetSegment, list(oarSegments), body_segment=bodySegment,
+            target_margin_mm=float(targetMarginMm), uniform_dose_gy=uniformDose, settings=settings,
+            dose_nodes={"painted": paintedDoseNode, "uniform": uniformDoseNode}, table_node=tableNode,
+            dvh_table_node=dvhTableNode, dvh_chart_node=dvhChartNode, qvh_chart_node=qvhChartNode,
+            progress=progress)
+
+    @staticmethod
+    def planningSummary(nodePlan):
+        """Lines for the panel: QF, QVH, EUD/TCP and limits of each plan, then the notes."""
+        from PETDosePaintingLib.dosepainting.planning import plan_summary_lines
+
+        return [*plan_summary_lines(nodePlan.result), *nodePlan.notes]
 
     # ------------------------------------------------------------------------------------- display
     @staticmethod
@@ -731,4 +895,19 @@ class HypoxiaMappingTest(ScriptedLoadableModuleTest):
         widget.ui.doseMaxSpinBox.value = 84.0
         self.assertEqual(p.doseMax, 84.0)
         p.mode = "dpbn"
+
+        self.delayDisplay("Planning section")
+        self.assertEqual(widget.ui.planningBeamsSpinBox.value, p.planningBeams)
+        with slicer.util.NodeModify(p):
+            p.planningSegmentation = segmentation
+            p.planningTargetSegment = "GTV"
+        oarList = widget.ui.planningOarList
+        self.assertEqual([oarList.item(i).text() for i in range(oarList.count)], ["Muscle"])  # the target is not listed
+        oarList.item(0).setCheckState(qt.Qt.Checked)
+        self.assertEqual(p.planningOars, "Muscle")
+        widget.ui.planningBodyComboBox.currentIndex = 1
+        self.assertEqual(p.planningBodySegment, "Muscle")
+        widget.ui.planningBodyComboBox.currentIndex = 0
+        self.assertEqual(p.planningBodySegment, "")
+        self.assertFalse(widget.ui.planButton.enabled)  # no prescription and no planning CT yet
         self.delayDisplay("Test passed")

@@ -512,7 +512,7 @@ def prescribe_node(
     node = volume_node_from_image(prescription, name or f"{pet_node.GetName()}_Rx_{mode}", scene,
                                   node=prescription_node)
     name = node.GetName()
-    _tag_as_dose(node, pet_node, dose_max)
+    tag_as_dose(node, pet_node, dose_max)
     description = prescription_description(mode, dose_min, dose_max, result, None if levels is None
                                            else levels.n_levels)
     node.SetAttribute(MODE_ATTRIBUTE, mode)
@@ -521,7 +521,7 @@ def prescribe_node(
     continuous = continuous_node
     if mode == "levels" and (keep_continuous or continuous_node is not None):
         continuous = volume_node_from_image(result.dose, f"{name}_continuous", scene, node=continuous_node)
-        _tag_as_dose(continuous, pet_node, dose_max)
+        tag_as_dose(continuous, pet_node, dose_max)
     if level_segmentation is None:
         level_segmentation = new_segmentation_node(f"{name}_levels", scene, reference=grid_node or pet_node)
     for index, (roi_name, mask) in enumerate(rois.items()):
@@ -545,7 +545,7 @@ def _level_colour(index: int, count: int) -> tuple[float, float, float]:
     return tuple(float(c) for c in (1 - t) * a + t * b)
 
 
-def _tag_as_dose(node, companion, dose_max: float) -> None:
+def tag_as_dose(node, companion, dose_max: float) -> None:
     """Dose attributes for SlicerRT, a dose display, and a place next to ``companion`` in the subject hierarchy.
 
     SlicerRT treats a scalar volume as dose when it carries ``DicomRtImport.DoseVolume``
@@ -997,4 +997,5 @@ __all__ = [
     "prescription_description",
     "qvh_plot",
     "ratio_map_node",
+    "tag_as_dose",
 ]
