@@ -176,6 +176,7 @@ class HypoxiaMappingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._updatingGUI = False
+        self._observedSegmentation = None  # the planning segmentation whose segment list the panel follows
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -213,6 +214,7 @@ class HypoxiaMappingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
+        self._observedSegmentation = None
 
     def enter(self) -> None:
         self.initializeParameterNode()
@@ -224,6 +226,7 @@ class HypoxiaMappingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.updateGUIFromParameterNode)
 
     def onSceneStartClose(self, caller, event) -> None:
+        self._followSegments(None)
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -334,6 +337,7 @@ class HypoxiaMappingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _showPlanningSegments(self, p) -> None:
         """Fill the organ-at-risk list (every segment but the target, checked as ``planningOars``) and the body
         selector from the planning segmentation."""
+        self._followSegments(p.planningSegmentation.GetSegmentation() if p.planningSegmentation else None)
         names = []
         if p.planningSegmentation:
             segmentation = p.planningSegmentation.GetSegmentation()
@@ -365,6 +369,25 @@ class HypoxiaMappingWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             body.currentIndex = items.index(p.planningBodySegment) if p.planningBodySegment in items else 0
         finally:
             body.blockSignals(False)
+
+    def _followSegments(self, segmentation) -> None:
+        """Refresh the organ-at-risk list when segments of the planning segmentation are added, removed or
+        renamed (the parameter node does not change then)."""
+        if segmentation is self._observedSegmentation:
+            return
+        events = (slicer.vtkSegmentation.SegmentAdded, slicer.vtkSegmentation.SegmentRemoved,
+                  slicer.vtkSegmentation.SegmentModified)
+        if self._observedSegmentation is not None:
+            for event in events:
+                self.removeObserver(self._observedSegmentation, event, self.onPlanningSegmentsChanged)
+        self._observedSegmentation = segmentation
+        if segmentation is not None:
+            for event in events:
+                self.addObserver(segmentation, event, self.onPlanningSegmentsChanged)
+
+    def onPlanningSegmentsChanged(self, caller=None, event=None) -> None:
+        if self._parameterNode is not None and not self._updatingGUI:
+            self.updateGUIFromParameterNode()
 
     def onPlanningOarsChanged(self, _item=None) -> None:
         if self._updatingGUI or self._parameterNode is None:
@@ -905,6 +928,9 @@ class HypoxiaMappingTest(ScriptedLoadableModuleTest):
         self.assertEqual([oarList.item(i).text() for i in range(oarList.count)], ["Muscle"])  # the target is not listed
         oarList.item(0).setCheckState(qt.Qt.Checked)
         self.assertEqual(p.planningOars, "Muscle")
+        segmentation.GetSegmentation().AddEmptySegment("SpinalCord", "SpinalCord")
+        self.assertEqual([oarList.item(i).text() for i in range(oarList.count)], ["Muscle", "SpinalCord"])
+        self.assertEqual(p.planningOars, "Muscle")  # the new segment is listed, unchecked
         widget.ui.planningBodyComboBox.currentIndex = 1
         self.assertEqual(p.planningBodySegment, "Muscle")
         widget.ui.planningBodyComboBox.currentIndex = 0
