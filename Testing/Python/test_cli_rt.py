@@ -105,7 +105,7 @@ def test_one_roi_selected(case):
     assert [r["roi"] for r in rows] == ["PTV 70/35"]
 
 
-def _refused(capsys, argv, *outputs, match):
+def _assert_refused(capsys, argv, *outputs, match):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"petdp {argv[0]}: error:") and match in err[0], err
@@ -119,30 +119,30 @@ def test_dvh_refusals(case, capsys):
     # a dose image without units
     unitless = image_from_array(sitk.GetArrayFromImage(case["dose"]), case["ct"].image)
     sitk.WriteImage(unitless, str(d / "unitless.nrrd"))
-    _refused(capsys, ["dvh", "--dose", str(d / "unitless.nrrd"), "--rtstruct", str(d / "rs.dcm"), "--csv",
+    _assert_refused(capsys, ["dvh", "--dose", str(d / "unitless.nrrd"), "--rtstruct", str(d / "rs.dcm"), "--csv",
                       str(csv_out)], csv_out, match="Gy")
     # an RT Structure Set in another frame of reference than the dose
     other = _ct(d, 42, "other_ct")
     write_rtdose(image_from_array(sitk.GetArrayFromImage(case["dose"]), other.image, units="Gy"),
                  d / "other_rd.dcm", other)
-    _refused(capsys, ["dvh", "--dose", str(d / "other_rd.dcm"), "--rtstruct", str(d / "rs.dcm"), "--csv",
+    _assert_refused(capsys, ["dvh", "--dose", str(d / "other_rd.dcm"), "--rtstruct", str(d / "rs.dcm"), "--csv",
                       str(csv_out)], csv_out, match="frame of reference")
     # an unknown ROI name: the error lists the ROIs
-    _refused(capsys, ["dvh", "--dose", str(d / "rd.dcm"), "--rtstruct", str(d / "rs.dcm"), "--roi", "Brainstem",
+    _assert_refused(capsys, ["dvh", "--dose", str(d / "rd.dcm"), "--rtstruct", str(d / "rs.dcm"), "--roi", "Brainstem",
                       "--csv", str(csv_out), "--curves", str(d / "curves.csv")], csv_out, d / "curves.csv",
              match="'PTV_Sphere', 'PTV 70/35'")
     # missing files
-    _refused(capsys, ["dvh", "--dose", str(d / "missing.dcm"), "--rtstruct", str(d / "rs.dcm"), "--csv",
+    _assert_refused(capsys, ["dvh", "--dose", str(d / "missing.dcm"), "--rtstruct", str(d / "rs.dcm"), "--csv",
                       str(csv_out)], csv_out, match="no such file")
-    _refused(capsys, ["dvh", "--dose", str(d / "rd.dcm"), "--rtstruct", str(d / "missing_rs.dcm"), "--csv",
+    _assert_refused(capsys, ["dvh", "--dose", str(d / "rd.dcm"), "--rtstruct", str(d / "missing_rs.dcm"), "--csv",
                       str(csv_out)], csv_out, match="no such file")
     # a mask on another grid
     coarse = sitk.Shrink(sitk.ReadImage(str(case["mask_files"]["PTV_Sphere"])), (2, 2, 2))
     sitk.WriteImage(coarse, str(d / "coarse.nrrd"))
-    _refused(capsys, ["dvh", "--dose", str(d / "rd.dcm"), "--mask", f"X={d / 'coarse.nrrd'}", "--csv", str(csv_out)],
-             csv_out, match="not on the same grid")
+    _assert_refused(capsys, ["dvh", "--dose", str(d / "rd.dcm"), "--mask", f"X={d / 'coarse.nrrd'}", "--csv",
+                             str(csv_out)], csv_out, match="not on the same grid")
     # the output would overwrite an input
-    _refused(capsys, ["dvh", "--dose", str(d / "rd.dcm"), "--rtstruct", str(d / "rs.dcm"), "--csv",
+    _assert_refused(capsys, ["dvh", "--dose", str(d / "rd.dcm"), "--rtstruct", str(d / "rs.dcm"), "--csv",
                       str(d / "rs.dcm")], match="overwrite")
 
 
@@ -174,10 +174,10 @@ def test_convert_rtstruct_one_and_several(case, capsys):
                  "--out", str(d / "on_dose.nii.gz")]) == 0
     capsys.readouterr()
     # several ROIs into one file: refused, nothing written
-    _refused(capsys, ["convert-rtstruct", str(d / "rs.dcm"), "--image", ct_dir, "--out", str(d / "two.nrrd")],
+    _assert_refused(capsys, ["convert-rtstruct", str(d / "rs.dcm"), "--image", ct_dir, "--out", str(d / "two.nrrd")],
              d / "two.nrrd", match="2 ROIs")
-    _refused(capsys, ["convert-rtstruct", str(d / "rs.dcm"), "--image", ct_dir, "--roi", "Cord", "--out",
+    _assert_refused(capsys, ["convert-rtstruct", str(d / "rs.dcm"), "--image", ct_dir, "--roi", "Cord", "--out",
                       str(d / "cord.nrrd")], d / "cord.nrrd", match="unknown ROI")
     other = _ct(d, 43, "other_ct")
-    _refused(capsys, ["convert-rtstruct", str(d / "rs.dcm"), "--image", str(other.directory), "--out",
+    _assert_refused(capsys, ["convert-rtstruct", str(d / "rs.dcm"), "--image", str(other.directory), "--out",
                       str(d / "x")], d / "x", match="frame of reference")

@@ -369,7 +369,7 @@ def test_dicom_refusals(tmp_path):
 
 @pytest.fixture(scope="module")
 def patient_dwi(tmp_path_factory):
-    """Noise-free DWI of the quick digital-patient anatomy, written as the patient writer does (dwi_bXXXX.nrrd
+    """Noise-free DWI of the quick digital-patient anatomy, written as the patient writer does (dwi_b<b-value>.nrrd
     with PETDP_BValue), and its ADC truth."""
     from PETDosePaintingLib.phantom.anatomy import AnatomyConfig, build_anatomy
     from PETDosePaintingLib.phantom.modalities import DWIConfig, simulate_dwi
