@@ -902,10 +902,7 @@ def evaluate_plan_node(
     _report(progress, 2, total, "writing the results")
     q = evaluation.quality
     plan_name = plan_dose_node.GetName()
-    qvh_table_node = table_from_columns(
-        {"q": [float(v) for v in q.qvh_q], "volume_fraction": [float(v) for v in q.qvh_fraction],
-         "volume_ml": [float(v) * q.volume_ml for v in q.qvh_fraction]},
-        f"QVH {plan_name}", qvh_table_node, scene, units={"volume_ml": "mL"}, descriptions=_COLUMN_DESCRIPTIONS)
+    qvh_table_node = qvh_table(q, f"QVH {plan_name}", qvh_table_node, scene)
     series, chart = qvh_plot(qvh_table_node, plan_name, plot_chart_node)
     evaluation_volume = target[1] if target is not None and target[0] is not None and target[1] else \
         "prescription > 0"
@@ -922,6 +919,16 @@ def evaluate_plan_node(
     if create_qf_map or qf_map_node is not None:
         qf_map = volume_node_from_image(q.qf_map, f"{plan_name}_QF_map", scene, node=qf_map_node)
     return NodePlanEvaluation(evaluation, qvh_table_node, series, chart, table_node, qf_map, notes)
+
+
+def qvh_table(quality, name: str, table_node=None, scene=None):
+    """The QVH of a :class:`~PETDosePaintingLib.dosepainting.plan_evaluation.QualityResult` as a table node
+    (columns :data:`QVH_COLUMNS`: ``q``, ``volume_fraction``, ``volume_ml``); refills ``table_node`` if given."""
+    fractions = [float(v) for v in quality.qvh_fraction]
+    return table_from_columns(
+        {"q": [float(v) for v in quality.qvh_q], "volume_fraction": fractions,
+         "volume_ml": [v * quality.volume_ml for v in fractions]},
+        name, table_node, scene, units={"volume_ml": "mL"}, descriptions=_COLUMN_DESCRIPTIONS)
 
 
 def qvh_plot(qvh_table_node, series_name: str, chart_node=None, *, colour: Sequence[float] | None = None):
@@ -996,6 +1003,7 @@ __all__ = [
     "prescribe_node",
     "prescription_description",
     "qvh_plot",
+    "qvh_table",
     "ratio_map_node",
     "tag_as_dose",
 ]

@@ -56,7 +56,7 @@ from ..errors import InputError
 from ..imaging.image import Units, get_units, same_geometry, set_units
 from ..imaging.resample import resample_to_reference
 from .gtv_logic import OperationCancelled
-from .hypoxia_logic import qvh_plot, tag_as_dose
+from .hypoxia_logic import qvh_plot, qvh_table, tag_as_dose
 from .segmentations import mask_from_segment, segment_id
 from .tables import columns_from_rows, table_from_columns
 from .volumes import image_from_volume_node, volume_node_from_image
@@ -248,12 +248,9 @@ def plan_prescription_node(
     qvh_tables: dict[str, Any] = {}
     qvh_chart = qvh_chart_node
     for plan in result.plans():
-        q = plan.evaluation.quality
         title = nodes[plan.label].GetName()
-        qvh_tables[plan.label] = table_from_columns(
-            {"q": [float(v) for v in q.qvh_q], "volume_fraction": [float(v) for v in q.qvh_fraction],
-             "volume_ml": [float(v) * q.volume_ml for v in q.qvh_fraction]},
-            f"QVH {title}", _series_table(qvh_chart, f"QVH {title}"), scene, units={"volume_ml": "mL"})
+        qvh_tables[plan.label] = qvh_table(plan.evaluation.quality, f"QVH {title}",
+                                           _series_table(qvh_chart, f"QVH {title}"), scene)
         _series, qvh_chart = qvh_plot(qvh_tables[plan.label], nodes[plan.label].GetName(), qvh_chart)
     return NodePlan(result, nodes, table, dvh_table, dvh_chart, qvh_tables, qvh_chart, notes + result.notes)
 
